@@ -1,0 +1,43 @@
+"""Tile geometry shared by the chunked-attention kernels.
+
+Triton tiles are powers of two while NLSN's chunk is 144. Queries are tiled inside one
+chunk; a query's 3K candidate keys are walked as one flat range [0, 3K) (chunk j, then
+j - 1, then j + 1), so key tiles straddle chunk boundaries and only the end of that range
+is masked (3 * 144 = 432 = 7 tiles of 64, 96% of lanes busy).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+def fitting_block(extent: int, candidates: tuple[int, ...], min_efficiency: float = 0.85) -> int:
+    """The largest block in ``candidates`` that covers ``extent`` with few masked lanes."""
+    for block in sorted(candidates, reverse=True):
+        if extent / (triton.cdiv(extent, block) * block) >= min_efficiency:
+            return block
+    return min(candidates)
+
+
+@triton.jit
+def candidate_pixels(
+    perm_round,  # pointer to perm[n, r, :]
+    t,  # candidate indices in [0, 3 * CHUNK), any shape
+    chunk_index,  # the query chunk j (scalar)
+    length,
+    padding,
+    n_chunks,
+    CHUNK,
+):
+    """Pixel index (int64) of candidate t of the queries in chunk j, and its validity.
+
+    Candidate t lies in chunk j + (0, -1, +1)[t // CHUNK] (wrapping around) at offset
+    t % CHUNK; a padded position p >= L holds the pixel of sorted position p - P.
+    """
+    valid = t < 3 * CHUNK
+    which = t // CHUNK
+    shift = tl.where(which == 1, n_chunks - 1, tl.where(which == 2, 1, 0))
+    position = ((chunk_index + shift) % n_chunks) * CHUNK + t % CHUNK
+    position = tl.where(position >= length, position - padding, position)
+    pixel = tl.load(perm_round + position, mask=valid, other=0).to(tl.int64)
+    return pixel, valid

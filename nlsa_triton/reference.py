@@ -1,0 +1,118 @@
+"""Pure-torch Non-Local Sparse Attention, following NLSN's algorithm step by step.
+
+Gather rows into sorted order, pad with copies of the tail, cut into chunks, attach the
+two neighbouring chunks (wrapping around), softmax per round with its log-sum-exp, undo
+the sort, softmax over rounds. It materialises every intermediate, as NLSN does, and is
+what the Triton kernels are checked against. Differentiable through autograd.
+
+Deviations from NLSN, both in ``NLSA-SPEC.md``: the sort is stable, and L <= chunk_size
+is one chunk of all L positions. Half-precision inputs are computed in float32 and the
+result is cast back (PyTorch's accumulate-in-fp32 convention).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import _validation as v
+from .buckets import bucket_sort, chunk_layout, num_buckets, random_rotations, resolve_rotations
+
+__all__ = ["num_buckets", "random_rotations", "lsh_hash", "bucket_sort", "chunked_attention", "nlsa"]
+
+KEY_NORM_EPS = 5e-5
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def lsh_hash(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """Spherical LSH codes (N, n_hashes, L), int64 in [0, 2 * rotations.shape[2]).
+
+    ``code_r(i) = argmax([p, -p])`` with ``p = x_i @ rotations[:, r, :]``, first maximum
+    on ties. x: (N, L, d); rotations: (d, n_hashes, n_buckets // 2).
+    """
+    v.check_float_tensor(x, "x", 3, "(N, L, d)")
+    v.check_rotations(rotations, x.shape[2], x.device)
+    acc = compute_dtype(x.dtype)
+    projected = torch.einsum("nld,drh->nrlh", x.to(acc), rotations.to(acc))
+    return torch.cat([projected, -projected], dim=-1).argmax(dim=-1)
+
+
+def _gather_rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """t: (N, L, e), index: (N, R, M) -> (N, R, M, e) with rows t[n, index[n, r, m]]."""
+    n, r, m = index.shape
+    e = t.shape[-1]
+    return t.unsqueeze(1).expand(n, r, t.shape[1], e).gather(2, index.unsqueeze(-1).expand(n, r, m, e))
+
+
+def _with_neighbours(chunks: torch.Tensor) -> torch.Tensor:
+    """(N, R, n_chunks, K, e) -> (N, R, n_chunks, 3K, e): chunk j, then j - 1, then j + 1."""
+    return torch.cat([chunks, chunks.roll(1, dims=2), chunks.roll(-1, dims=2)], dim=3)
+
+
+def chunked_attention_with_lse(x, y, perm, chunk_size):
+    """Reference chunked attention returning (out (N, L, c), lse (N, L)) in the compute dtype.
+
+    ``lse`` is the log-sum-exp over every round's candidates (spec section 6).
+    """
+    n, length, _ = x.shape
+    c = y.shape[2]
+    rounds = perm.shape[1]
+    layout = chunk_layout(length, chunk_size)
+    acc = compute_dtype(x.dtype)
+    x, y, index = x.to(acc), y.to(acc), perm.long()
+    if layout.padding:
+        index = torch.cat([index, index[:, :, length - layout.padding:]], dim=2)
+    grid = (n, rounds, layout.n_chunks, layout.chunk)
+    queries = _gather_rows(x, index).reshape(*grid, -1)
+    values = _gather_rows(y, index).reshape(*grid, c)
+    keys = F.normalize(queries, p=2, dim=-1, eps=KEY_NORM_EPS)
+    scores = torch.einsum("nrcid,nrcjd->nrcij", queries, _with_neighbours(keys))
+    round_lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+    sorted_out = torch.einsum(
+        "nrcij,nrcje->nrcie", torch.exp(scores - round_lse), _with_neighbours(values)
+    )
+    # Drop the padded positions (never queries) and undo the sort.
+    sorted_out = sorted_out.reshape(n, rounds, -1, c)[:, :, :length]
+    round_lse = round_lse.reshape(n, rounds, -1)[:, :, :length]
+    unsort = perm.long()
+    out_r = torch.zeros_like(sorted_out).scatter(2, unsort.unsqueeze(-1).expand_as(sorted_out), sorted_out)
+    lse_r = torch.zeros_like(round_lse).scatter(2, unsort, round_lse)
+    weights = torch.softmax(lse_r, dim=1)
+    out = (out_r * weights.unsqueeze(-1)).sum(dim=1)
+    return out, torch.logsumexp(lse_r, dim=1)
+
+
+def chunked_attention(x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Chunked softmax attention over all hash rounds (spec sections 4-6), pure torch.
+
+    x: (N, L, d) match embedding (queries as they are, keys L2-normalised with eps 5e-5);
+    y: (N, L, c) assembly embedding; perm: (N, n_hashes, L) sorted order of each round.
+    Returns (N, L, c) in x's dtype.
+    """
+    v.check_embeddings(x, y)
+    chunk_size = v.check_positive_int(chunk_size, "chunk_size")
+    v.check_perm(perm, x.shape[0], x.shape[1], x.device)
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        return y.new_zeros(y.shape)
+    out, _ = chunked_attention_with_lse(x, y, perm, chunk_size)
+    return out.to(x.dtype)
+
+
+def nlsa(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    n_hashes: int = 4,
+    chunk_size: int = 144,
+    rotations: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Non-Local Sparse Attention (spec sections 1-6), pure torch: hash, sort, attend."""
+    v.check_embeddings(x, y)
+    rotations = resolve_rotations(x, n_hashes, chunk_size, rotations, generator)
+    if x.shape[0] == 0:
+        return y.new_zeros(y.shape)
+    perm = bucket_sort(lsh_hash(x, rotations))
+    return chunked_attention(x, y, perm, chunk_size)

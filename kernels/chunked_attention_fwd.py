@@ -20,8 +20,8 @@ import triton.language as tl
 
 from .chunk_tiles import candidate_pixels, fitting_block
 
-LOG2E = 1.4426950408889634
-KEY_NORM_EPS = 5e-5
+LOG2E = tl.constexpr(1.4426950408889634)
+KEY_NORM_EPS = tl.constexpr(5e-5)
 
 
 @triton.jit
@@ -32,14 +32,12 @@ def _chunked_attention_fwd_kernel(
     stride_pn, stride_pr,
     stride_an, stride_al,
     stride_on, stride_ol,
-    round_index, length, padding, n_chunks, d, c,
+    round_index, is_first_round, is_last_round, length, padding, n_chunks, d, c,
     CHUNK, Q_TILES_PER_CHUNK,
     BLOCK_Q: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_C: tl.constexpr,
-    FIRST_ROUND: tl.constexpr,
-    LAST_ROUND: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     pid_q = tl.program_id(0)
@@ -85,10 +83,10 @@ def _chunked_attention_fwd_kernel(
     acc_ptrs = ACC + n * stride_an + q_pixel[:, None] * stride_al + offs_c[None, :]
     acc_mask = q_valid[:, None] & c_valid[None, :]
     row_sum_ptrs = ROW_SUM + n * length + q_pixel
-    if not FIRST_ROUND:
+    if is_first_round == 0:
         acc += tl.load(acc_ptrs, mask=acc_mask, other=0.0)
         row_sum += tl.load(row_sum_ptrs, mask=q_valid, other=1.0)
-    if LAST_ROUND:
+    if is_last_round != 0:
         out = acc / row_sum[:, None]
         out_ptrs = OUT + n * stride_on + q_pixel[:, None] * stride_ol + offs_c[None, :]
         tl.store(out_ptrs, out.to(OUT.dtype.element_ty), mask=acc_mask)
@@ -103,14 +101,19 @@ def _chunked_attention_fwd_kernel(
 
 
 class ForwardConfig:
-    """Tile sizes for one (chunk, d, c); chosen by the launcher, listed for compile tests."""
+    """Tile sizes for one (chunk, d, c); chosen by the launcher, listed for compile tests.
+
+    Gathered tiles carry one 64-bit pointer per element, so registers run out long before
+    the arithmetic does: wider rows (d) get fewer keys per tile, and 8 warps share the
+    load. The choices compile without spills for sm_80 and sm_90 (tests/test_compile.py).
+    """
 
     def __init__(self, chunk: int, d: int, c: int):
-        self.block_q = fitting_block(chunk, (16, 32, 64))
-        self.block_k = fitting_block(3 * chunk, (16, 32, 64))
         self.block_d = max(16, triton.next_power_of_2(d))
-        self.block_c = fitting_block(c, (16, 32, 64, 128)) if c > 16 else 16
-        self.num_warps = 4
+        self.block_k = 64 if self.block_d <= 16 else 32 if self.block_d <= 64 else 16
+        self.block_q = fitting_block(chunk, (16, 32))
+        self.block_c = fitting_block(c, (16, 32, 64, 128) if self.block_k == 32 else (16, 32, 64))
+        self.num_warps = 8
 
     def as_constexprs(self) -> dict:
         return dict(BLOCK_Q=self.block_q, BLOCK_K=self.block_k, BLOCK_D=self.block_d, BLOCK_C=self.block_c)
@@ -149,11 +152,37 @@ def chunked_attention_fwd(x, y, perm, chunk: int, padding: int, n_chunks: int):
             perm.stride(0), perm.stride(1),
             acc.stride(0), acc.stride(1),
             out.stride(0), out.stride(1),
-            r, length, padding, n_chunks, d, c, chunk, q_tiles,
-            FIRST_ROUND=r == 0,
-            LAST_ROUND=r == rounds - 1,
+            r, int(r == 0), int(r == rounds - 1), length, padding, n_chunks, d, c, chunk, q_tiles,
             DOT_PRECISION=dot_precision(x.dtype),
             num_warps=cfg.num_warps,
             **cfg.as_constexprs(),
         )
     return out, lse
+
+
+# Problems whose launcher choices must compile without spills (Table 2's d 16 / c 64 and
+# NLSN's d 64 / c 256, chunk 144), then problems that reach the remaining tile choices.
+DEFAULT_PROBLEMS = ((144, 16, 64), (144, 64, 256))
+OTHER_PROBLEMS = ((16, 8, 24), (1, 4, 3), (144, 12, 180), (64, 128, 100), (40, 32, 32), (144, 256, 16))
+
+
+def compile_targets():
+    """(kernel, label, arguments, options, is_default) for every configuration the launcher can pick."""
+    for problems, is_default in ((DEFAULT_PROBLEMS, True), (OTHER_PROBLEMS, False)):
+        for chunk, d, c in problems:
+            cfg = ForwardConfig(chunk, d, c)
+            for dtype in (torch.float32, torch.float16, torch.bfloat16):
+                precisions = ("ieee", "tf32") if dtype == torch.float32 else ("ieee",)
+                for precision in precisions:
+                    args = dict(
+                        X=dtype, Y=dtype, PERM=torch.int64, ACC=torch.float32, ROW_SUM=torch.float32,
+                        OUT=dtype, LSE=torch.float32, **{name: "i32" for name in _INT_ARGS},
+                        DOT_PRECISION=precision, **cfg.as_constexprs(),
+                    )
+                    label = f"chunk={chunk} d={d} c={c} {dtype} {precision} {cfg.as_constexprs()}"
+                    yield _chunked_attention_fwd_kernel, label, args, {"num_warps": cfg.num_warps}, is_default
+
+
+_INT_ARGS = ("stride_xn", "stride_xl", "stride_yn", "stride_yl", "stride_pn", "stride_pr", "stride_an",
+             "stride_al", "stride_on", "stride_ol", "round_index", "is_first_round", "is_last_round", "length", "padding", "n_chunks", "d", "c",
+             "CHUNK", "Q_TILES_PER_CHUNK")

@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+BLOCK_L = 64
+
 
 @triton.jit
 def _lsh_hash_kernel(
@@ -51,8 +53,7 @@ def lsh_hash_triton(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     n, length, d = x.shape
     _, rounds, half = rotations.shape
     codes = torch.empty((n, rounds, length), device=x.device, dtype=torch.int64)
-    block_l = 64
-    grid = (triton.cdiv(length, block_l), n, rounds)
+    grid = (triton.cdiv(length, BLOCK_L), n, rounds)
     acc_dtype = tl.float64 if x.dtype == torch.float64 else tl.float32
     _lsh_hash_kernel[grid](
         x, rotations, codes,
@@ -60,8 +61,22 @@ def lsh_hash_triton(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
         rotations.stride(0), rotations.stride(1),
         codes.stride(0), codes.stride(1),
         length, d, half,
-        BLOCK_L=block_l,
+        BLOCK_L=BLOCK_L,
         BLOCK_H=triton.next_power_of_2(half),
         ACC_DTYPE=acc_dtype,
     )
     return codes
+
+
+def compile_targets():
+    """(kernel, label, arguments, options, is_default) for every configuration the launcher can pick."""
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        for half in (1, 2, 3, 64):
+            acc = tl.float64 if dtype == torch.float64 else tl.float32
+            args = dict(
+                X=dtype, ROT=torch.float32, CODES=torch.int64,
+                **{name: "i32" for name in ("stride_xn", "stride_xl", "stride_rd", "stride_rr", "stride_cn",
+                                            "stride_cr", "length", "d", "half")},
+                BLOCK_L=BLOCK_L, BLOCK_H=triton.next_power_of_2(half), ACC_DTYPE=acc,
+            )
+            yield _lsh_hash_kernel, f"{dtype} half={half}", args, {}, half == 64

@@ -40,6 +40,9 @@ def _lsh_hash_kernel(
         rot_k = tl.load(rot_round + k * stride_rd, mask=h_valid, other=0.0).to(ACC_DTYPE)
         projected += x_k[:, None] * rot_k[None, :]
     # argmax over [p, -p], first maximum on ties: the p half comes first.
+    # torch.argmax ranks NaN above everything, so a NaN projection (a NaN or infinite x)
+    # counts as +inf here: a NaN row gets code 0 as in the reference, never a masked lane.
+    projected = tl.where(projected != projected, float("inf"), projected)
     pos = tl.where(h_valid[None, :], projected, -float("inf"))
     neg = tl.where(h_valid[None, :], -projected, -float("inf"))
     pos_max, pos_arg = tl.max(pos, axis=1, return_indices=True, return_indices_tie_break_left=True)

@@ -9,6 +9,9 @@ from . import reference
 from .buckets import bucket_sort, num_buckets, random_rotations
 from .functional import chunked_attention, lsh_hash, nlsa
 from .modules import NonLocalAttention, NonLocalSparseAttention
+from . import models
+from .criss_cross import CrissCrossAttention
+from .attention_maps import attention_maps
 
 __version__ = "0.1.0"
 
@@ -21,5 +24,7 @@ __all__ = [
     "nlsa",
     "NonLocalSparseAttention",
     "NonLocalAttention",
+    "CrissCrossAttention",
+    "attention_maps",
     "reference",
 ]

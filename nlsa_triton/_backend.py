@@ -1,6 +1,7 @@
-"""Choosing between the Triton kernels and the torch reference."""
+"""Choosing between the Triton kernels and the torch reference, and autocast."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -8,20 +9,96 @@ import torch
 BACKENDS = ("auto", "triton", "torch")
 
 
+def _kernels_interpreted() -> bool:
+    """Whether the kernels were defined under TRITON_INTERPRET=1 (triton.jit reads it then)."""
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        from .kernels.lsh_hash import _lsh_hash_kernel
+    except ImportError:  # pragma: no cover - other Triton layouts
+        return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return isinstance(_lsh_hash_kernel, InterpretedFunction)
+
+
+_INTERPRETED = _kernels_interpreted()
+
+
 def interpreter_enabled() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """True when the kernels run in Triton's interpreter (on CPU tensors)."""
+    return _INTERPRETED
 
 
-def resolve_backend(backend: str, x: torch.Tensor) -> str:
-    """'auto' is Triton for CUDA tensors (or any tensor under TRITON_INTERPRET=1), else torch."""
-    if backend not in BACKENDS:
+def check_backend(backend) -> str:
+    if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    triton_runs = x.is_cuda or (interpreter_enabled() and x.device.type == "cpu")
+    return backend
+
+
+def resolve_backend(backend: str, x: torch.Tensor, *, uses_dot: bool = True) -> str:
+    """'auto' is Triton for CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), else torch.
+
+    The attention kernels (``uses_dot``) take float16, bfloat16 and float32; 'auto' sends
+    float64 to torch and 'triton' refuses it. Triton's interpreter computes ``tl.dot`` of
+    bfloat16 operands on their raw bit patterns (triton-lang/triton#11584: "the
+    interpreter doesn't support bf16"), so there bfloat16 is handled the same way.
+    """
+    check_backend(backend)
+    triton_runs = x.is_cuda or (_INTERPRETED and x.device.type == "cpu")
+    unsupported = None
+    if uses_dot and x.dtype == torch.float64:
+        unsupported = (
+            f"backend='triton' takes float16, bfloat16 or float32 x and y, got {x.dtype}; "
+            "use backend='torch' (or 'auto') for float64"
+        )
+    elif uses_dot and x.dtype == torch.bfloat16 and not x.is_cuda:
+        unsupported = (
+            "backend='triton' cannot take bfloat16 x and y in Triton's CPU interpreter "
+            "(TRITON_INTERPRET=1: its tl.dot mis-computes bfloat16); use a GPU, float16 / float32, "
+            "or backend='torch' / 'auto'"
+        )
     if backend == "auto":
-        return "triton" if triton_runs else "torch"
+        return "triton" if triton_runs and unsupported is None else "torch"
     if backend == "triton" and not triton_runs:
         raise ValueError(
             f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 to run the kernels on "
             f"the CPU), got x on {x.device}; use backend='torch' or 'auto'"
         )
+    if backend == "triton" and unsupported is not None:
+        raise TypeError(unsupported)
     return backend
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype active for ``device_type``, or None outside autocast."""
+    if device_type not in ("cuda", "cpu") or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def autocast_inputs(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Under autocast, float32 / float16 / bfloat16 tensors become the autocast dtype.
+
+    Attention is in autocast's lower-precision list (like scaled_dot_product_attention):
+    the inputs are cast, accumulation stays float32 inside the kernels (and the torch
+    reference), the output has the autocast dtype. float64 is left alone, as autocast does.
+    Non-tensors pass through untouched for the validation to report.
+    """
+    first = next((t for t in tensors if isinstance(t, torch.Tensor)), None)
+    if first is None:
+        return tensors
+    dtype = autocast_dtype(first.device.type)
+    if dtype is None:
+        return tensors
+    return tuple(
+        t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        else t
+        for t in tensors
+    )
+
+
+def autocast_off(device_type: str):
+    """A context that turns autocast off for ``device_type`` while it is on (else a no-op),
+    so the reference computes in float32 as the kernels do."""
+    if autocast_dtype(device_type) is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False)

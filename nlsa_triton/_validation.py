@@ -2,7 +2,12 @@
 
 Each check raises before any kernel runs, with a message that names the argument and
 what was expected: a bad index read through in a kernel touches memory that is not ours,
-and a crash deep inside Triton tells the user nothing.
+and a crash deep inside Triton tells the user nothing. Wrong types and dtypes raise
+TypeError, wrong values, shapes and devices raise ValueError.
+
+Everything here but ``check_perm_values`` looks only at Python values, shapes, dtypes and
+devices, so it costs no device work and traces cleanly under torch.compile.
+``check_perm_values`` reads perm's values (one host synchronisation).
 """
 from __future__ import annotations
 
@@ -12,14 +17,24 @@ import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INDEX_DTYPES = (torch.int32, torch.int64)
+PERM_CHECKS = ("full", "range", "none")
 
 
 def check_positive_int(value, name: str) -> int:
+    if isinstance(value, torch.SymInt):  # a traced size under torch.compile(dynamic=True)
+        torch._check(value >= 1, lambda: f"{name} must be >= 1")
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int >= 1, got {type(value).__name__} {value!r}")
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return int(value)
+
+
+def check_bool(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return value
 
 
 def check_float_tensor(t, name: str, rank: int, layout: str) -> None:
@@ -40,9 +55,16 @@ def check_same_device(**named: torch.Tensor | torch.device) -> None:
         raise ValueError(f"tensors must be on one device, got {listed}")
 
 
+def check_match_embedding(x) -> None:
+    """x: (N, L, d) float with d >= 1 (a hash and a key need at least one feature)."""
+    check_float_tensor(x, "x", 3, "(N, L, d)")
+    if x.shape[2] == 0:
+        raise ValueError(f"x must have at least one feature (d >= 1) in (N, L, d), got shape {tuple(x.shape)}")
+
+
 def check_embeddings(x, y) -> None:
     """x: (N, L, d) match embedding, y: (N, L, c) assembly embedding."""
-    check_float_tensor(x, "x", 3, "(N, L, d)")
+    check_match_embedding(x)
     check_float_tensor(y, "y", 3, "(N, L, c)")
     if x.shape[:2] != y.shape[:2]:
         raise ValueError(
@@ -55,7 +77,7 @@ def check_embeddings(x, y) -> None:
 
 
 def check_perm(perm, n: int, length: int, device: torch.device) -> None:
-    """perm: (N, R, L) integer indices, every entry in [0, L)."""
+    """perm: (N, R, L) integer indices on x's device (shape, dtype and device only)."""
     if not isinstance(perm, torch.Tensor):
         raise TypeError(f"perm must be a torch.Tensor of shape (N, n_hashes, L), got {type(perm).__name__}")
     if perm.dim() != 3 or perm.shape[0] != n or perm.shape[2] != length or perm.shape[1] < 1:
@@ -66,11 +88,50 @@ def check_perm(perm, n: int, length: int, device: torch.device) -> None:
     if perm.dtype not in INDEX_DTYPES:
         raise TypeError(f"perm must be an int32 or int64 tensor, got {perm.dtype}")
     check_same_device(x=device, perm=perm)
-    if perm.numel() and (int(perm.min()) < 0 or int(perm.max()) >= length):
+
+
+def check_perm_mode(check_perm) -> str:
+    """The public ``check_perm`` keyword (True / False) as a ``PERM_CHECKS`` mode."""
+    return "full" if check_bool(check_perm, "check_perm") else "range"
+
+
+def check_perm_values(perm: torch.Tensor, length: int, mode: str = "full") -> None:
+    """Reads perm (N, R, L): every entry in [0, L), and with mode "full" every row a permutation.
+
+    "range" is the memory-safety check (a kernel reads rows of x and y through perm);
+    "full" also rejects repeated indices (the result would be undefined: a repeated pixel
+    is written twice, a missing one never). Both cost one pass over perm and one host
+    synchronisation; "full" adds an (N, R, L) boolean scatter. "none" checks nothing and
+    is for perms made by ``bucket_sort`` (an argsort: a permutation by construction).
+    """
+    if mode not in PERM_CHECKS:
+        raise ValueError(f"perm_check must be one of {PERM_CHECKS}, got {mode!r}")
+    if mode == "none" or perm.numel() == 0:
+        return
+    low, high = torch.aminmax(perm)
+    ok = (low >= 0) & (high < length)
+    if mode == "full":
+        rows = perm.reshape(-1, length).long().clamp(0, length - 1)
+        # L indices per row hit all L slots exactly when the row is a permutation.
+        hit = torch.zeros(rows.shape, dtype=torch.bool, device=perm.device).scatter_(1, rows, True)
+        ok = ok & hit.all()
+    if bool(ok):  # the one host synchronisation
+        return
+    low, high = int(low), int(high)
+    if low < 0 or high >= length:
         raise ValueError(
-            f"perm must hold indices in [0, L) = [0, {length}), got values in "
-            f"[{int(perm.min())}, {int(perm.max())}]"
+            f"perm must hold indices in [0, L) = [0, {length}), got values in [{low}, {high}]"
         )
+    row = int((~hit.all(dim=1)).nonzero()[0, 0])
+    n, r = divmod(row, perm.shape[1])
+    counts = torch.bincount(perm[n, r].long(), minlength=length)
+    repeated = int((counts > 1).nonzero()[0, 0])
+    missing = int((counts == 0).nonzero()[0, 0])
+    raise ValueError(
+        f"perm[{n}, {r}] must be a permutation of range(L) = range({length}) (each index exactly "
+        f"once), but it repeats {repeated} and lacks {missing}; pass check_perm=False to skip this "
+        "check (indices are still checked to be in [0, L); the output is then undefined)"
+    )
 
 
 def check_rotations(rotations, d: int, device: torch.device) -> None:
@@ -82,3 +143,18 @@ def check_rotations(rotations, d: int, device: torch.device) -> None:
             f"other sizes >= 1, got {tuple(rotations.shape)}"
         )
     check_same_device(x=device, rotations=rotations)
+
+
+def check_generator(generator, device=None, device_name: str = "x") -> None:
+    """generator: None or a torch.Generator, on ``device`` (named ``device_name``) when given."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if device is None:
+        return
+    gen_device, device = torch.device(generator.device), torch.device(device)
+    if gen_device.type != device.type or (
+        gen_device.index is not None and device.index is not None and gen_device.index != device.index
+    ):
+        raise ValueError(f"generator is on {generator.device} but {device_name} is on {device}")

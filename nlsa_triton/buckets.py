@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._validation import check_positive_int, check_rotations
+from ._validation import FLOAT_DTYPES, check_generator, check_positive_int, check_rotations
 
 MAX_BUCKETS = 128
 
@@ -63,6 +63,9 @@ def random_rotations(
     n_buckets = check_positive_int(n_buckets, "n_buckets")
     if n_buckets % 2:
         raise ValueError(f"n_buckets must be even (codes are argmax over [p, -p]), got {n_buckets}")
+    if dtype is not None and dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float16, bfloat16, float32 or float64, got {dtype}")
+    check_generator(generator, device, "device")
     if generator is not None and device is None:
         device = generator.device
     return torch.randn(
@@ -80,9 +83,10 @@ def bucket_sort(codes: torch.Tensor) -> torch.Tensor:
     their original order, so the result is deterministic (NLSN's unstable sort gives one
     of the orders this may give).
     """
-    if not isinstance(codes, torch.Tensor) or codes.dim() != 3:
-        shape = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
-        raise ValueError(f"codes must be a tensor of shape (N, n_hashes, L), got {shape}")
+    if not isinstance(codes, torch.Tensor):
+        raise TypeError(f"codes must be a torch.Tensor of shape (N, n_hashes, L), got {type(codes).__name__}")
+    if codes.dim() != 3:
+        raise ValueError(f"codes must have shape (N, n_hashes, L) (rank 3), got shape {tuple(codes.shape)}")
     if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
         raise TypeError(f"codes must be an integer tensor, got {codes.dtype}")
     return torch.argsort(codes, dim=-1, stable=True)
@@ -97,18 +101,18 @@ def resolve_rotations(
 ) -> torch.Tensor:
     """The rotations ``nlsa`` hashes x (N, L, d) with: the caller's, checked, or fresh ones.
 
-    Fresh rotations come from ``generator`` when given (float64 for float64 x, else
-    float32, so that a seed hashes alike in every precision).
+    Fresh rotations are drawn in float32 (from ``generator`` when given), whatever x's
+    dtype, so that one seed gives one hash in every precision.
     """
     n_hashes = check_positive_int(n_hashes, "n_hashes")
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     _, length, d = x.shape
+    if length == 0:
+        raise ValueError(f"x must have at least one position (L >= 1) to be hashed, got shape {tuple(x.shape)}")
     half = num_buckets(length, chunk_size) // 2
     if rotations is None:
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        if generator is not None and generator.device != x.device:
-            raise ValueError(f"generator is on {generator.device} but x is on {x.device}")
-        return random_rotations(d, n_hashes, 2 * half, generator=generator, device=x.device, dtype=dtype)
+        check_generator(generator, x.device)
+        return random_rotations(d, n_hashes, 2 * half, generator=generator, device=x.device)
     check_rotations(rotations, d, x.device)
     if rotations.shape[1:] != (n_hashes, half):
         raise ValueError(

@@ -5,9 +5,10 @@ import torch
 
 from . import _validation as v
 from . import reference
-from ._backend import resolve_backend
+from . import _ops
+from ._backend import autocast_inputs, resolve_backend
 from .buckets import bucket_sort, chunk_layout, resolve_rotations
-from .kernels import chunked_attention_fwd, lsh_hash_triton
+from .kernels import chunked_attention_bwd, chunked_attention_fwd, lsh_hash_triton
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -16,8 +17,36 @@ def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+DOUBLE_BACKWARD_MESSAGE = (
+    "double backward (a gradient of a gradient) of chunked_attention / nlsa is not supported "
+    "on the Triton backend: its backward runs Triton kernels that autograd cannot "
+    "differentiate; use backend='torch' for higher-order gradients"
+)
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """Passes the first-order gradients through; differentiating them raises a clear error.
+
+    Its inputs include x and y, so the gradients stay attached to the graph when the
+    backward runs with create_graph=True, and a second differentiation reaches here
+    instead of silently treating them as constants.
+    """
+
+    @staticmethod
+    def forward(ctx, dx, dy, *anchors):
+        return dx.view_as(dx), dy.view_as(dy)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(DOUBLE_BACKWARD_MESSAGE)
+
+
 class ChunkedAttentionFunction(torch.autograd.Function):
-    """Triton chunked attention across all hash rounds; saves x, y, perm, out and lse."""
+    """Triton chunked attention across all hash rounds; saves x, y, perm, out and lse.
+
+    The backward recomputes the scores from x and the log-sum-exp (no score tensor is
+    stored) and runs the Triton backward kernels; it is first-order only.
+    """
 
     @staticmethod
     def forward(ctx, x, y, perm, chunk_size):
@@ -29,10 +58,12 @@ class ChunkedAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        raise NotImplementedError(
-            "the backward of chunked_attention on the Triton backend is not implemented yet; "
-            "use backend='torch' to train"
-        )
+        x, y, perm, out, lse = ctx.saved_tensors
+        with torch.no_grad():
+            dx, dy = chunked_attention_bwd(x, y, perm, out, lse, _unit_last_stride(grad_out), *ctx.layout)
+        if torch.is_grad_enabled():  # create_graph=True: make a second differentiation fail loudly
+            dx, dy = _NoDoubleBackward.apply(dx, dy, x, y, grad_out)
+        return (dx if ctx.needs_input_grad[0] else None), (dy if ctx.needs_input_grad[1] else None), None, None
 
 
 def lsh_hash(x: torch.Tensor, rotations: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
@@ -42,15 +73,32 @@ def lsh_hash(x: torch.Tensor, rotations: torch.Tensor, *, backend: str = "auto")
     ``p = x @ rotations[:, r, :]``, first maximum on ties. The Triton kernel never
     writes the projections to memory.
     """
-    v.check_float_tensor(x, "x", 3, "(N, L, d)")
+    v.check_match_embedding(x)
     v.check_rotations(rotations, x.shape[2], x.device)
-    if resolve_backend(backend, x) == "torch":
+    if resolve_backend(backend, x, uses_dot=False) == "torch":
         return reference.lsh_hash(x, rotations)
-    return lsh_hash_triton(_unit_last_stride(x), rotations.contiguous())
+    # Nothing differentiable flows through the hash (spec section 2).
+    return _ops.lsh_hash(x.detach(), rotations.detach())
+
+
+def _triton_chunked_attention(x, y, perm, chunk_size: int, perm_check: str) -> torch.Tensor:
+    """The Triton path; ``perm_check`` is "full", "range" or "none" (``_validation.PERM_CHECKS``)."""
+    v.check_perm_values(perm, x.shape[1], perm_check)
+    if x.shape[0] == 0 or x.shape[1] == 0 or y.shape[2] == 0:
+        return reference.empty_result(x, y)
+    return ChunkedAttentionFunction.apply(
+        _unit_last_stride(x), _unit_last_stride(y), _unit_last_stride(perm), chunk_size
+    )
 
 
 def chunked_attention(
-    x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, chunk_size: int, *, backend: str = "auto"
+    x: torch.Tensor,
+    y: torch.Tensor,
+    perm: torch.Tensor,
+    chunk_size: int,
+    *,
+    backend: str = "auto",
+    check_perm: bool = True,
 ) -> torch.Tensor:
     """Chunked softmax attention over all hash rounds (spec sections 4-6).
 
@@ -58,23 +106,23 @@ def chunked_attention(
     y: (N, L, c) assembly embedding; perm: (N, n_hashes, L) int32/int64, the sorted
     order of each round (``bucket_sort``). Query at sorted position p attends to every
     position of its chunk and the two neighbouring chunks (wrapping around); the rounds
-    combine as one softmax over all their candidates. Returns (N, L, c) in x's dtype.
+    combine as one softmax over all their candidates. Returns (N, L, c) in x's dtype
+    (the autocast dtype under autocast).
+
+    perm is read before any kernel runs: every index must lie in [0, L) (always checked:
+    the kernels read rows of x and y through it), and with ``check_perm=True`` (default)
+    every row must be a permutation of range(L). Both cost one pass over perm and one
+    host synchronisation; ``check_perm=False`` skips the permutation part (for perms you
+    know are permutations); a perm with repeated indices then gives an undefined output.
     """
+    x, y = autocast_inputs(x, y)
     v.check_embeddings(x, y)
     chunk_size = v.check_positive_int(chunk_size, "chunk_size")
     v.check_perm(perm, x.shape[0], x.shape[1], x.device)
+    perm_check = v.check_perm_mode(check_perm)
     if resolve_backend(backend, x) == "torch":
-        return reference.chunked_attention(x, y, perm, chunk_size)
-    if x.dtype not in TRITON_DTYPES:
-        raise TypeError(
-            f"backend='triton' takes float16, bfloat16 or float32 x and y, got {x.dtype}; "
-            "use backend='torch' for float64"
-        )
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        return y.new_zeros(y.shape)
-    return ChunkedAttentionFunction.apply(
-        _unit_last_stride(x), _unit_last_stride(y), _unit_last_stride(perm), chunk_size
-    )
+        return reference.chunked_attention(x, y, perm, chunk_size, check_perm=check_perm)
+    return _triton_chunked_attention(x, y, perm, chunk_size, perm_check)
 
 
 def nlsa(
@@ -90,12 +138,16 @@ def nlsa(
     """Non-Local Sparse Attention (spec sections 1-6): hash, stable sort, chunked attention.
 
     x: (N, L, d), y: (N, L, c). ``rotations`` (d, n_hashes, num_buckets(L, chunk_size) // 2)
-    fixes the hash; otherwise fresh ones are drawn, from ``generator`` when given.
-    Returns (N, L, c) in x's dtype; differentiable in x and y.
+    fixes the hash; otherwise fresh ones are drawn, from ``generator`` when given (else
+    from torch's global generator). Returns (N, L, c) in x's dtype (the autocast dtype
+    under autocast); differentiable in x and y.
     """
+    x, y = autocast_inputs(x, y)
     v.check_embeddings(x, y)
+    backend = resolve_backend(backend, x)
     rotations = resolve_rotations(x, n_hashes, chunk_size, rotations, generator)
-    if resolve_backend(backend, x) == "torch":
+    if backend == "torch":
         return reference.nlsa(x, y, n_hashes=n_hashes, chunk_size=chunk_size, rotations=rotations)
-    perm = bucket_sort(lsh_hash(x, rotations, backend="triton"))
-    return chunked_attention(x, y, perm, chunk_size, backend="triton")
+    # bucket_sort is an argsort: perm is a permutation by construction, nothing to check.
+    perm = bucket_sort(_ops.lsh_hash(x.detach(), rotations.detach()))
+    return _triton_chunked_attention(x, y, perm, chunk_size, "none")

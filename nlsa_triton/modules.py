@@ -1,21 +1,38 @@
 """Drop-in replacements for NLSN's attention modules (same parameter names)."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import _validation as v
-from ._backend import BACKENDS
+from ._backend import autocast_dtype, check_backend
 from .functional import nlsa
 
 
-def _check_feature_map(input, channels: int) -> None:
+def _check_feature_map(input, channels: int, module: nn.Module) -> None:
+    """input: (N, C, H, W) float with C = channels, on the parameters' device, in their dtype
+    (or any float dtype under autocast)."""
     v.check_float_tensor(input, "input", 4, "(N, C, H, W)")
     if input.shape[1] != channels:
         raise ValueError(
             f"input must have {channels} channels (N, C, H, W), got shape {tuple(input.shape)}"
         )
+    weight = next(module.parameters())
+    v.check_same_device(input=input, parameters=weight)
+    if input.dtype != weight.dtype and autocast_dtype(input.device.type) is None:
+        raise TypeError(
+            f"input must have the parameters' dtype {weight.dtype} (or run under torch.autocast), "
+            f"got {input.dtype}; convert one with .to()"
+        )
+
+
+def _check_res_scale(res_scale) -> float:
+    if isinstance(res_scale, bool) or not isinstance(res_scale, numbers.Real):
+        raise TypeError(f"res_scale must be a real number, got {type(res_scale).__name__} {res_scale!r}")
+    return res_scale
 
 
 def _check_channels(channels: int, reduction: int) -> None:
@@ -49,11 +66,13 @@ class NonLocalSparseAttention(nn.Module):
         self.n_hashes = v.check_positive_int(n_hashes, "n_hashes")
         self.chunk_size = v.check_positive_int(chunk_size, "chunk_size")
         k_size = v.check_positive_int(k_size, "k_size")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if k_size % 2 == 0:
+            raise ValueError(
+                f"k_size must be odd (conv_match pads by k_size // 2 to keep H x W), got {k_size}"
+            )
         self.channels, self.reduction, self.k_size = channels, reduction, k_size
-        self.res_scale = res_scale
-        self.backend = backend
+        self.res_scale = _check_res_scale(res_scale)
+        self.backend = check_backend(backend)
         self.conv_match = nn.Sequential(
             nn.Conv2d(channels, channels // reduction, k_size, padding=k_size // 2)
         )
@@ -65,7 +84,7 @@ class NonLocalSparseAttention(nn.Module):
         rotations: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        _check_feature_map(input, self.channels)
+        _check_feature_map(input, self.channels, self)
         n, c, h, w = input.shape
         x = self.conv_match(input).flatten(2).transpose(1, 2)
         y = self.conv_assembly(input).flatten(2).transpose(1, 2)
@@ -99,13 +118,13 @@ class NonLocalAttention(nn.Module):
     def __init__(self, channel: int = 128, reduction: int = 2, res_scale: float = 1):
         super().__init__()
         _check_channels(channel, reduction)
-        self.channel, self.reduction, self.res_scale = channel, reduction, res_scale
+        self.channel, self.reduction, self.res_scale = channel, reduction, _check_res_scale(res_scale)
         self.conv_match1 = _conv1x1_prelu(channel, channel // reduction)
         self.conv_match2 = _conv1x1_prelu(channel, channel // reduction)
         self.conv_assembly = _conv1x1_prelu(channel, channel)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        _check_feature_map(input, self.channel)
+        _check_feature_map(input, self.channel, self)
         n, c, h, w = input.shape
         theta = self.conv_match1(input).flatten(2).transpose(1, 2)
         phi = self.conv_match2(input).flatten(2).transpose(1, 2)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _validation as v
+from ._backend import autocast_inputs, autocast_off
 from .buckets import bucket_sort, chunk_layout, num_buckets, random_rotations, resolve_rotations
 
 __all__ = ["num_buckets", "random_rotations", "lsh_hash", "bucket_sort", "chunked_attention", "nlsa"]
@@ -32,7 +33,7 @@ def lsh_hash(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     ``code_r(i) = argmax([p, -p])`` with ``p = x_i @ rotations[:, r, :]``, first maximum
     on ties. x: (N, L, d); rotations: (d, n_hashes, n_buckets // 2).
     """
-    v.check_float_tensor(x, "x", 3, "(N, L, d)")
+    v.check_match_embedding(x)
     v.check_rotations(rotations, x.shape[2], x.device)
     acc = compute_dtype(x.dtype)
     projected = torch.einsum("nld,drh->nrlh", x.to(acc), rotations.to(acc))
@@ -84,19 +85,35 @@ def chunked_attention_with_lse(x, y, perm, chunk_size):
     return out, torch.logsumexp(lse_r, dim=1)
 
 
-def chunked_attention(x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, chunk_size: int) -> torch.Tensor:
+def empty_result(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The (empty) output for N = 0, L = 0 or c = 0, attached to the graph of x and y so that
+    a backward through it works (and gives empty or zero gradients)."""
+    return y * 0 + x.sum(dim=-1, keepdim=True) * 0
+
+
+def chunked_attention(
+    x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, chunk_size: int, *, check_perm: bool = True
+) -> torch.Tensor:
     """Chunked softmax attention over all hash rounds (spec sections 4-6), pure torch.
 
     x: (N, L, d) match embedding (queries as they are, keys L2-normalised with eps 5e-5);
     y: (N, L, c) assembly embedding; perm: (N, n_hashes, L) sorted order of each round.
-    Returns (N, L, c) in x's dtype.
+    Returns (N, L, c) in x's dtype (the autocast dtype under autocast, computed in
+    float32). perm's indices must lie in [0, L), and with ``check_perm`` (default) each
+    row must be a permutation; these checks read perm (a host synchronisation) and are
+    skipped while torch.compile traces (torch's gather still range-checks there).
     """
+    x, y = autocast_inputs(x, y)
     v.check_embeddings(x, y)
     chunk_size = v.check_positive_int(chunk_size, "chunk_size")
     v.check_perm(perm, x.shape[0], x.shape[1], x.device)
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        return y.new_zeros(y.shape)
-    out, _ = chunked_attention_with_lse(x, y, perm, chunk_size)
+    mode = v.check_perm_mode(check_perm)
+    if not torch.compiler.is_compiling():
+        v.check_perm_values(perm, x.shape[1], mode)
+    if x.shape[0] == 0 or x.shape[1] == 0 or y.shape[2] == 0:
+        return empty_result(x, y)
+    with autocast_off(x.device.type):
+        out, _ = chunked_attention_with_lse(x, y, perm, chunk_size)
     return out.to(x.dtype)
 
 
@@ -110,9 +127,12 @@ def nlsa(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Non-Local Sparse Attention (spec sections 1-6), pure torch: hash, sort, attend."""
+    x, y = autocast_inputs(x, y)
     v.check_embeddings(x, y)
     rotations = resolve_rotations(x, n_hashes, chunk_size, rotations, generator)
-    if x.shape[0] == 0:
-        return y.new_zeros(y.shape)
-    perm = bucket_sort(lsh_hash(x, rotations))
-    return chunked_attention(x, y, perm, chunk_size)
+    if x.shape[0] == 0 or y.shape[2] == 0:
+        return empty_result(x, y)
+    with autocast_off(x.device.type):
+        perm = bucket_sort(lsh_hash(x, rotations))
+    # perm is an argsort: a permutation by construction.
+    return chunked_attention(x, y, perm, chunk_size, check_perm=False)

@@ -65,11 +65,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def device_name(device: str) -> str:
-    """What goes in the CSV's device column."""
+def device_name(device: str, threads: int | None = None) -> str:
+    """What goes in the CSV's device column (threads: the CPU measurements' torch threads)."""
     if device == "cuda":
         return torch.cuda.get_device_name()
-    return f"cpu: {cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    return f"cpu: {cpu_model()} / {os.cpu_count()} cores / {threads or torch.get_num_threads()} torch threads"
 
 
 def device_slug(device: str) -> str:
@@ -187,9 +187,10 @@ def short_reason(exc: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def free_cuda() -> None:
+def free_cuda(collect: bool = True) -> None:
     """Drop what an OOM or a finished configuration left: garbage, then cached blocks."""
-    gc.collect()
+    if collect:
+        gc.collect()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.empty_cache()

@@ -15,7 +15,6 @@ measured, else the largest measured); only rows with status ok are drawn.
 from __future__ import annotations
 
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -185,6 +184,10 @@ def _versus_hashes(plt, rows, dtype, path, written):
                         ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=color, ms=4,
                                 label=f"{provider} {h}x{w}")
             ax.set_xscale("log", base=2)
+            hashes = sorted({r["n_hashes"] for r in data})
+            if hashes:
+                ax.set_xticks(hashes, [str(h) for h in hashes])
+                ax.set_xticks([], minor=True)
             ax.set_yscale("log")
             ax.set_title(f"{mode}, channels {ch}", fontsize=10)
             ax.set_xlabel("n_hashes")

@@ -36,9 +36,19 @@ from providers import (  # noqa: E402
 
 GPU_SIDES = (50, 100, 150, 256, 512, 1024, 2048)
 CPU_SIDES = (50, 100, 150)
-# The CPU default runs sides above this only forward at channels 64 (Table 2's setting),
-# which keeps `python bench/sweep.py` on a 2-core machine under 5 minutes.
-CPU_FULL_GRID_MAX_SIDE = 100
+CPU_GRID_NOTE = ("CPU default grid thinned with size: 50x50 all of it, 100x100 all but fwd_bwd at "
+                 "channels > 64, 150x150 only fwd at channels 64")
+
+
+def cpu_default_keeps(height: int, width: int, mode: str, channels: int) -> bool:
+    """The CPU default thins its grid as maps grow (fwd at channels 64 is Table 2's setting),
+    so that `python bench/sweep.py` on a 2-core machine ends well under 5 minutes."""
+    side = max(height, width)
+    if side <= 50:
+        return True
+    if side <= 100:
+        return not (mode == "fwd_bwd" and channels > 64)
+    return mode == "fwd" and channels == 64
 QUICK_SIDES = (24, 32)
 
 
@@ -94,8 +104,8 @@ def parse_args(argv):
                         "few repeats")
     p.add_argument("--sizes", type=lambda s: _list(s, _size),
                    help="comma-separated sides (square maps, e.g. 50,100,150) or HxW; default: CPU "
-                        f"{','.join(map(str, CPU_SIDES))} (sides > {CPU_FULL_GRID_MAX_SIDE} only fwd at "
-                        f"channels 64), GPU {','.join(map(str, GPU_SIDES))}")
+                        f"{','.join(map(str, CPU_SIDES))} (thinned: 100x100 without fwd_bwd at channels 256, "
+                        f"150x150 only fwd at channels 64), GPU {','.join(map(str, GPU_SIDES))}")
     p.add_argument("--providers", type=_list,
                    help=f"comma-separated, default all: {','.join(PROVIDERS)}")
     p.add_argument("--n-hashes", type=lambda s: _list(s, int), help="for the NLSA providers; default 1,2,4,8")
@@ -112,7 +122,7 @@ def parse_args(argv):
                         "the largest smaller size that ran, exceeds this (default: CPU 20000, GPU 1000)")
     p.add_argument("--time-budget", type=float,
                    help="seconds; once spent, the remaining configurations are recorded as skipped "
-                        "(default: CPU 270, GPU 540; 0: no budget)")
+                        "(default: CPU 240, GPU 540; 0: no budget)")
     p.add_argument("--threads", type=int,
                    help="CPU: torch threads per measurement (default: torch's default, one per core)")
     p.add_argument("--no-plots", action="store_true", help="write sweep.csv and table.md only")
@@ -140,7 +150,7 @@ def make_settings(args) -> Settings:
         sides = GPU_SIDES if gpu else CPU_SIDES
         n_hashes, channels = [1, 2, 4, 8], [64, 256]
         dtypes = ["float32", "float16", "bfloat16"] if gpu else ["float32"]
-        timing = dict(cpu_target_s=1.0, cpu_min_reps=3, cpu_max_reps=20, gpu_warmup_ms=10, gpu_rep_ms=50)
+        timing = dict(cpu_target_s=0.5, cpu_min_reps=3, cpu_max_reps=20, gpu_warmup_ms=10, gpu_rep_ms=50)
     return Settings(
         device=device,
         sizes=args.sizes or [(s, s) for s in sides],
@@ -151,7 +161,7 @@ def make_settings(args) -> Settings:
         modes=args.modes or list(MODES),
         chunk_size=args.chunk_size,
         max_call_ms=args.max_call_ms if args.max_call_ms is not None else (1000.0 if gpu else 20000.0),
-        time_budget_s=args.time_budget if args.time_budget is not None else (540.0 if gpu else 270.0),
+        time_budget_s=args.time_budget if args.time_budget is not None else (540.0 if gpu else 240.0),
         cpu_grid_restricted=not gpu and not args.quick and args.sizes is None,
         threads=args.threads,
         **timing,
@@ -169,9 +179,7 @@ def plan(s: Settings) -> list[Config]:
                 for mode in s.modes:
                     for r in (s.n_hashes if hashed else [0]):
                         for h, w in sorted(s.sizes, key=lambda hw: hw[0] * hw[1]):
-                            if s.cpu_grid_restricted and max(h, w) > CPU_FULL_GRID_MAX_SIDE and not (
-                                mode == "fwd" and ch == 64
-                            ):
+                            if s.cpu_grid_restricted and not cpu_default_keeps(h, w, mode, ch):
                                 continue
                             configs.append(Config(provider, mode, h, w, ch, r,
                                                   s.chunk_size if hashed else 0, dtype))
@@ -277,8 +285,9 @@ class GpuRunner:
             err = self._fail(exc)
         if err:
             result["time"], result["reason"] = {"status": err[0]}, err[1]
+        failed = err is not None or result["mem"]["status"] != "ok"
         case = None
-        free_cuda()
+        free_cuda(collect=failed)  # without a failure, refcounting has freed everything
         return result
 
     def close(self):
@@ -319,9 +328,7 @@ def _rows(cfg: Config, result: dict, meta: dict) -> list[dict]:
 
 
 def run_sweep(s: Settings, out_dir: Path, say) -> Counter:
-    if s.threads:
-        torch.set_num_threads(s.threads)  # the CPU worker's children do the same
-    meta = dict(device=device_name(s.device), torch=torch.__version__, triton=triton_version(),
+    meta = dict(device=device_name(s.device, s.threads), torch=torch.__version__, triton=triton_version(),
                 commit=git_commit())
     configs = plan(s)
     say(f"# device: {meta['device']}; torch {meta['torch']}, triton {meta['triton'] or '-'}, "
@@ -330,12 +337,12 @@ def run_sweep(s: Settings, out_dir: Path, say) -> Counter:
         f"{','.join(f'{h}x{w}' for h, w in s.sizes)}; channels {s.channels}; n_hashes {s.n_hashes}; "
         f"dtypes {s.dtypes}; modes {s.modes}; chunk {s.chunk_size}; max call {s.max_call_ms:g} ms; "
         f"time budget {s.time_budget_s:g} s"
-        + (f"; sides > {CPU_FULL_GRID_MAX_SIDE} only fwd at channels 64" if s.cpu_grid_restricted else ""))
+        + (f"; {CPU_GRID_NOTE}" if s.cpu_grid_restricted else ""))
     if s.device == "cuda":
         say(f"# GPU: do_bench(warmup={s.gpu_warmup_ms} ms, rep={s.gpu_rep_ms} ms), memory = peak allocated "
             f"- allocated before; TF32 matmuls {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}")
     else:
-        say(f"# CPU: {torch.get_num_threads()} threads; time: median of {s.cpu_min_reps}-{s.cpu_max_reps} "
+        say(f"# CPU: {s.threads or torch.get_num_threads()} threads; time: median of {s.cpu_min_reps}-{s.cpu_max_reps} "
             f"perf_counter repeats after a warm-up call; memory: peak RSS growth of a fresh process")
     writer = CsvWriter(out_dir / "sweep.csv")
     runner = GpuRunner(s) if s.device == "cuda" else CpuRunner(s)

@@ -7,6 +7,7 @@ is masked (3 * 144 = 432 = 7 tiles of 64, 96% of lanes busy).
 """
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
@@ -41,3 +42,12 @@ def candidate_pixels(
     position = tl.where(position >= length, position - padding, position)
     pixel = tl.load(perm_round + position, mask=valid, other=0).to(tl.int64)
     return pixel, valid
+
+
+def dtype_variants(is_default: bool):
+    """(dtype, dot precision) pairs to compile ahead of time: every one for the default
+    problems, fp32 and fp16 for the others (bf16 and tf32 take the same code paths)."""
+    if is_default:
+        return ((torch.float32, "ieee"), (torch.float32, "tf32"), (torch.float16, "ieee"),
+                (torch.bfloat16, "ieee"))
+    return ((torch.float32, "ieee"), (torch.float16, "ieee"))

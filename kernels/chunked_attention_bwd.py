@@ -13,8 +13,9 @@ where the sums run over every (query, candidate) occurrence of every round (dupl
 counted, as in the forward). x enters twice, as the query and, normalised, as the key:
 both paths land in one fp32 buffer dX indexed by pixel.
 
-Two kernels, one launch per round (or two), in a fixed order, with read-modify-writes of
-fp32 buffers by pixel and no atomics, so the result is deterministic:
+Two kernels, launched in a fixed order (dq of every round, then per round the key
+positions [0, L) and the padded positions [L, L + P)), with read-modify-writes of fp32
+buffers by pixel and no atomics, so the result is deterministic:
 
 * ``_chunked_attention_bwd_dq_kernel``: a program owns a tile of query positions inside
   one chunk (as in the forward) and walks its 3K candidates as the flat range [0, 3K);
@@ -28,7 +29,15 @@ fp32 buffers by pixel and no atomics, so the result is deterministic:
   normalisation backward to its dk and adds it to dX[pixel], and adds dy to dY[pixel].
   A pixel can be a key twice in one round (sorted position p < L and its padding copy
   p + P >= L), so each round launches the positions [0, L) and then [L, L + P)
-  separately: within a launch every pixel is touched at most once.
+  separately: within a launch every pixel is touched at most once. For c > 64 the dk
+  and the dy of a key tile come from two launches (``BackwardConfig.key_passes``): dS
+  needs all of dO . y while dy is split into channel tiles, and one program holding
+  both would run out of registers.
+
+Precision: products take the forward's ``dot_precision``; P, dS are cast to the input
+dtype for the tensor-core products and accumulate in fp32. delta is computed from
+``out`` as given: for half inputs an fp32 ``out`` (the forward's normalised accumulator)
+makes delta exact, which matters when the softmax is peaked (large ||x||).
 
 Extra memory: dX (N, L, d) and dY (N, L, c) in fp32 (the gradients themselves for fp32
 inputs) and delta (N, L) fp32; no score tensor.
@@ -39,7 +48,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk_tiles import candidate_pixels, fitting_block
+from .chunk_tiles import candidate_pixels, dtype_variants, fitting_block
 from .chunked_attention_fwd import KEY_NORM_EPS, LOG2E, dot_precision
 
 
@@ -107,7 +116,7 @@ def _chunked_attention_bwd_dq_kernel(
     q = tl.load(x_n + q_pixel[:, None] * stride_xl + offs_d[None, :], mask=qd_mask, other=0.0)
     lse2 = tl.load(LSE + n * length + q_pixel, mask=q_valid, other=0.0) * LOG2E
     delta_ptrs = DELTA + n * length + q_pixel
-    if is_first_round:
+    if is_first_round != 0:
         delta = tl.zeros((BLOCK_Q,), dtype=tl.float32)
         for c0 in range(0, c, BLOCK_C):
             qc_mask = q_valid[:, None] & (c0 + offs_c < c)[None, :]
@@ -151,7 +160,7 @@ def _chunked_attention_bwd_dq_kernel(
         dq = tl.dot(ds.to(k.dtype), k_hat, dq, input_precision=DOT_PRECISION)
 
     dx_ptrs = DX + n * stride_dxn + q_pixel[:, None] * stride_dxl + offs_d[None, :]
-    if not is_first_round:
+    if is_first_round == 0:
         dq += tl.load(dx_ptrs, mask=qd_mask, other=0.0)
     tl.store(dx_ptrs, dq, mask=qd_mask)
 
@@ -255,7 +264,7 @@ def _chunked_attention_bwd_dkdv_kernel(
         tl.store(dx_ptrs, dx, mask=kd_mask)
     if COMPUTE_DV:
         dy_ptrs = DY + n * stride_dyn + k_pixel[:, None] * stride_dyl + offs_c[None, :]
-        if not is_first_dy:
+        if is_first_dy == 0:
             dv += tl.load(dy_ptrs, mask=kc_mask, other=0.0)
         tl.store(dy_ptrs, dv, mask=kc_mask)
 
@@ -276,8 +285,9 @@ class BackwardConfig:
     pipelining (num_stages 1), which only adds register pressure to gathered loads.
     """
 
-    FUSED_C = 64
-    C_TILE = 64
+    FUSED_C = 64  # largest c (rounded up to a power of two) with one dk/dy pass
+    C_TILE = 64  # channel tile of dO . y in the dq and dk passes when c > FUSED_C
+    DV_C_TILE = 128  # channel tile of the dy pass when c > FUSED_C
 
     def __init__(self, chunk: int, d: int, c: int):
         self.block_d = block_d = max(16, triton.next_power_of_2(d))
@@ -289,7 +299,7 @@ class BackwardConfig:
         self.dq = (dict(BLOCK_Q=fitting_block(chunk, (16, 32)), BLOCK_K=16 if wide else 32,
                         BLOCK_D=block_d, BLOCK_C=block_c, C_TILED=not fused), options)
         # dk/dv: a key tile inside one chunk, query tiles over the flat 3K occurrences.
-        block_k = fitting_block(chunk, (16, 32))
+        block_k = 16 if wide else fitting_block(chunk, (16, 32))
         block_q = 16 if wide else 32
         if fused:
             self.key_passes = [(dict(BLOCK_K=block_k, BLOCK_Q=block_q, BLOCK_D=block_d, BLOCK_C=block_c,
@@ -298,7 +308,7 @@ class BackwardConfig:
             self.key_passes = [
                 (dict(BLOCK_K=block_k, BLOCK_Q=block_q, BLOCK_D=block_d, BLOCK_C=block_c,
                       COMPUTE_DK=True, COMPUTE_DV=False), options),
-                (dict(BLOCK_K=block_k, BLOCK_Q=block_q, BLOCK_D=block_d, BLOCK_C=block_c,
+                (dict(BLOCK_K=block_k, BLOCK_Q=block_q, BLOCK_D=block_d, BLOCK_C=self.DV_C_TILE,
                       COMPUTE_DK=False, COMPUTE_DV=True), options),
             ]
 
@@ -308,9 +318,10 @@ def chunked_attention_bwd(x, y, perm, out, lse, grad_out, chunk: int, padding: i
 
     x: (N, L, d), y: (N, L, c), perm: (N, R, L), out and grad_out: (N, L, c), all with
     unit stride in the last dimension; lse: (N, L) fp32 contiguous, as the forward
-    returns it; chunk, padding, n_chunks from ``chunk_layout``. Launch order (fixed, so
-    the fp32 sums are deterministic): dq of every round, then per round the key
-    positions [0, L) and the padded positions [L, L + P).
+    returns it (``out`` may also be fp32 for half inputs: delta is then exact); chunk,
+    padding, n_chunks from ``chunk_layout``. Launch order (fixed, so the fp32 sums are
+    deterministic): dq of every round, then per round the key positions [0, L) and the
+    padded positions [L, L + P).
     """
     n, length, d = x.shape
     c = y.shape[2]
@@ -339,12 +350,11 @@ def chunked_attention_bwd(x, y, perm, out, lse, grad_out, chunk: int, padding: i
             **dq_options,
         )
 
-    def key_launch(r, first_chunk, position_lo, position_hi, n_positions, is_first_dy):
+    def key_launch(r, first_chunk, key_chunks, position_lo, position_hi, positions_per_chunk, is_first_dy):
         for constexprs, options in cfg.key_passes:
-            tiles = triton.cdiv(n_positions, constexprs["BLOCK_K"])
-            n_tiles = tiles * triton.cdiv(position_hi - position_lo, n_positions)
+            tiles = triton.cdiv(positions_per_chunk, constexprs["BLOCK_K"])
             c_tiles = triton.cdiv(c, constexprs["BLOCK_C"]) if not constexprs["COMPUTE_DK"] else 1
-            _chunked_attention_bwd_dkdv_kernel[(n_tiles, n, c_tiles)](
+            _chunked_attention_bwd_dkdv_kernel[(key_chunks * tiles, n, c_tiles)](
                 x, y, perm, grad_out, lse, delta, dx, dy,
                 x.stride(0), x.stride(1),
                 y.stride(0), y.stride(1),
@@ -361,10 +371,10 @@ def chunked_attention_bwd(x, y, perm, out, lse, grad_out, chunk: int, padding: i
 
     for r in range(rounds):
         # Sorted positions [0, L), tiled chunk by chunk: every pixel once. The first writes dY.
-        key_launch(r, 0, 0, length, chunk, r == 0)
+        key_launch(r, 0, n_chunks, 0, length, chunk, r == 0)
         # Padded positions [L, L + P), all in the last chunk: copies of the last P pixels.
         if padding:
-            key_launch(r, n_chunks - 1, length, length + padding, padding, False)
+            key_launch(r, n_chunks - 1, 1, length, length + padding, padding, False)
 
     return dx.to(x.dtype), dy.to(y.dtype)
 
@@ -389,8 +399,9 @@ def kernel_targets(cfg: BackwardConfig, dtype: torch.dtype, precision: str):
     pointers = dict(X=dtype, Y=dtype, PERM=torch.int64, DOUT=dtype, LSE=torch.float32,
                     DELTA=torch.float32, DX=torch.float32)
     constexprs, options = cfg.dq
+    # The forward hands the backward an fp32 output for every input dtype (see _ops).
     yield (_chunked_attention_bwd_dq_kernel,
-           dict(pointers, OUT=dtype, **{name: "i32" for name in _DQ_INT_ARGS},
+           dict(pointers, OUT=torch.float32, **{name: "i32" for name in _DQ_INT_ARGS},
                 DOT_PRECISION=precision, **constexprs), options)
     for constexprs, options in cfg.key_passes:
         yield (_chunked_attention_bwd_dkdv_kernel,
@@ -403,9 +414,8 @@ def compile_targets():
     for problems, is_default in ((DEFAULT_PROBLEMS, True), (OTHER_PROBLEMS, False)):
         for chunk, d, c in problems:
             cfg = BackwardConfig(chunk, d, c)
-            for dtype in (torch.float32, torch.float16, torch.bfloat16):
-                for precision in (("ieee", "tf32") if dtype == torch.float32 else ("ieee",)):
-                    for kernel, args, options in kernel_targets(cfg, dtype, precision):
-                        shown = {k: v for k, v in args.items() if k.isupper() and not isinstance(v, (str, torch.dtype))}
-                        label = f"chunk={chunk} d={d} c={c} {dtype} {precision} {shown} {options}"
-                        yield kernel, label, args, options, is_default
+            for dtype, precision in dtype_variants(is_default):
+                for kernel, args, options in kernel_targets(cfg, dtype, precision):
+                    shown = {k: v for k, v in args.items() if k.isupper() and not isinstance(v, (str, torch.dtype))}
+                    label = f"chunk={chunk} d={d} c={c} {dtype} {precision} {shown} {options}"
+                    yield kernel, label, args, options, is_default

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk_tiles import candidate_pixels, fitting_block
+from .chunk_tiles import candidate_pixels, dtype_variants, fitting_block
 
 LOG2E = tl.constexpr(1.4426950408889634)
 KEY_NORM_EPS = tl.constexpr(5e-5)
@@ -32,7 +32,7 @@ def _chunked_attention_fwd_kernel(
     stride_pn, stride_pr,
     stride_an, stride_al,
     stride_on, stride_ol,
-    round_index, is_first_round, is_last_round, length, padding, n_chunks, d, c,
+    round_index, is_first_round, is_last_round, store_fp32_out, length, padding, n_chunks, d, c,
     CHUNK, Q_TILES_PER_CHUNK,
     BLOCK_Q: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -90,6 +90,8 @@ def _chunked_attention_fwd_kernel(
         out = acc / row_sum[:, None]
         out_ptrs = OUT + n * stride_on + q_pixel[:, None] * stride_ol + offs_c[None, :]
         tl.store(out_ptrs, out.to(OUT.dtype.element_ty), mask=acc_mask)
+        if store_fp32_out != 0:
+            tl.store(acc_ptrs, out, mask=acc_mask)
         if pid_c == 0:
             lse = (m2 + tl.log2(row_sum)) / LOG2E
             tl.store(LSE + n * length + q_pixel, lse, mask=q_valid)
@@ -126,8 +128,14 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-def chunked_attention_fwd(x, y, perm, chunk: int, padding: int, n_chunks: int):
-    """Launch the forward over every round. Returns (out (N, L, c) in x.dtype, lse (N, L) fp32).
+def chunked_attention_fwd(x, y, perm, chunk: int, padding: int, n_chunks: int, keep_fp32_out: bool = False):
+    """Launch the forward over every round. Returns (out (N, L, c) in x.dtype, lse (N, L) fp32,
+    out_fp32).
+
+    ``out_fp32`` is the output before rounding to a half dtype, kept when asked for
+    (else None; for fp32 it is ``out`` itself): the backward's delta = rowsum(dO * out)
+    cancels against the self key's term when the softmax is peaked, and the rounding of
+    a half-precision ``out`` would dominate the gradient.
 
     x: (N, L, d), y: (N, L, c) with unit stride in the last dimension; perm: (N, R, L)
     int32/int64 with unit stride in the last dimension; chunk, padding, n_chunks from
@@ -152,12 +160,13 @@ def chunked_attention_fwd(x, y, perm, chunk: int, padding: int, n_chunks: int):
             perm.stride(0), perm.stride(1),
             acc.stride(0), acc.stride(1),
             out.stride(0), out.stride(1),
-            r, int(r == 0), int(r == rounds - 1), length, padding, n_chunks, d, c, chunk, q_tiles,
+            r, int(r == 0), int(r == rounds - 1), int(keep_fp32_out and acc is not out),
+            length, padding, n_chunks, d, c, chunk, q_tiles,
             DOT_PRECISION=dot_precision(x.dtype),
             num_warps=cfg.num_warps,
             **cfg.as_constexprs(),
         )
-    return out, lse
+    return out, lse, (acc if keep_fp32_out else None)
 
 
 # Problems whose launcher choices must compile without spills (Table 2's d 16 / c 64 and
@@ -171,18 +180,15 @@ def compile_targets():
     for problems, is_default in ((DEFAULT_PROBLEMS, True), (OTHER_PROBLEMS, False)):
         for chunk, d, c in problems:
             cfg = ForwardConfig(chunk, d, c)
-            for dtype in (torch.float32, torch.float16, torch.bfloat16):
-                precisions = ("ieee", "tf32") if dtype == torch.float32 else ("ieee",)
-                for precision in precisions:
-                    args = dict(
-                        X=dtype, Y=dtype, PERM=torch.int64, ACC=torch.float32, ROW_SUM=torch.float32,
-                        OUT=dtype, LSE=torch.float32, **{name: "i32" for name in _INT_ARGS},
-                        DOT_PRECISION=precision, **cfg.as_constexprs(),
-                    )
-                    label = f"chunk={chunk} d={d} c={c} {dtype} {precision} {cfg.as_constexprs()}"
-                    yield _chunked_attention_fwd_kernel, label, args, {"num_warps": cfg.num_warps}, is_default
-
+            for dtype, precision in dtype_variants(is_default):
+                args = dict(
+                    X=dtype, Y=dtype, PERM=torch.int64, ACC=torch.float32, ROW_SUM=torch.float32,
+                    OUT=dtype, LSE=torch.float32, **{name: "i32" for name in _INT_ARGS},
+                    DOT_PRECISION=precision, **cfg.as_constexprs(),
+                )
+                label = f"chunk={chunk} d={d} c={c} {dtype} {precision} {cfg.as_constexprs()}"
+                yield _chunked_attention_fwd_kernel, label, args, {"num_warps": cfg.num_warps}, is_default
 
 _INT_ARGS = ("stride_xn", "stride_xl", "stride_yn", "stride_yl", "stride_pn", "stride_pr", "stride_an",
-             "stride_al", "stride_on", "stride_ol", "round_index", "is_first_round", "is_last_round", "length", "padding", "n_chunks", "d", "c",
+             "stride_al", "stride_on", "stride_ol", "round_index", "is_first_round", "is_last_round", "store_fp32_out", "length", "padding", "n_chunks", "d", "c",
              "CHUNK", "Q_TILES_PER_CHUNK")

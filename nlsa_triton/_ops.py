@@ -3,9 +3,12 @@
 Registered ops (namespace ``nlsa_triton``):
 
 - ``lsh_hash(x, rotations) -> codes``: spherical LSH codes (N, R, L) int64; no autograd.
-- ``chunked_attention_fwd(x, y, perm, chunk_size, perm_check) -> (out, lse)``: the forward
-  over every round; ``lse`` (N, L) float32 is not differentiable.
-- ``chunked_attention_bwd(grad_out, x, y, perm, out, lse, chunk_size) -> (dx, dy)``.
+- ``chunked_attention_fwd(x, y, perm, chunk_size, perm_check, keep_fp32_out) -> (out, lse,
+  out_fp32)``: the forward over every round; ``lse`` (N, L) float32 and ``out_fp32`` (the
+  output before rounding to a half dtype, saved for the backward; empty unless asked for
+  with half inputs) are not differentiable.
+- ``chunked_attention_bwd(grad_out, x, y, perm, out, lse, chunk_size) -> (dx, dy)``: first
+  order only; differentiating it again raises a RuntimeError that says so.
 
 ``register_fake`` gives torch.compile / FakeTensor the output shapes, ``register_autograd``
 wires the backward op to the forward op, so the Triton path runs inside
@@ -15,22 +18,19 @@ The ops run on any device the kernels run on: CUDA, or the CPU under TRITON_INTE
 Outputs are always contiguous (the fake and the real op must agree on strides); inputs
 need only unit stride in the last dimension, anything else is copied once here.
 
-``perm_check`` is one of ``PERM_CHECKS``: "full" (every row a permutation of range(L)),
+``perm_check`` is one of ``_validation.PERM_CHECKS``: "full" (every row a permutation of range(L)),
 "range" (every index in [0, L)) or "none" (perm comes from ``bucket_sort`` and is a
 permutation by construction). The check runs inside the op, right before the kernels read
 through perm, so it stays on under torch.compile too.
 """
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: custom_op reads the schema from the annotations,
+# and older torch versions do not evaluate string annotations.
 import torch
 from torch import Tensor
 
 from . import _validation as v
 from .buckets import chunk_layout
-from .kernels import chunked_attention_fwd, lsh_hash_triton
-
-PERM_CHECKS = ("full", "range", "none")
-
+from .kernels import chunked_attention_bwd, chunked_attention_fwd, lsh_hash_triton
 
 def _unit_last_stride(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
@@ -62,40 +62,41 @@ def _(x, rotations):
 # chunked attention: forward
 
 
+def _keeps_fp32_out(y: Tensor, keep_fp32_out: bool) -> bool:
+    return keep_fp32_out and y.dtype != torch.float32
+
+
 @torch.library.custom_op("nlsa_triton::chunked_attention_fwd", mutates_args=())
 def chunked_attention_fwd_op(
-    x: Tensor, y: Tensor, perm: Tensor, chunk_size: int, perm_check: str
-) -> tuple[Tensor, Tensor]:
-    """x (N, L, d), y (N, L, c), perm (N, R, L) -> out (N, L, c) in y's dtype, lse (N, L) fp32."""
+    x: Tensor, y: Tensor, perm: Tensor, chunk_size: int, perm_check: str, keep_fp32_out: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """x (N, L, d), y (N, L, c), perm (N, R, L) -> out (N, L, c) in y's dtype, lse (N, L) fp32,
+    out_fp32 (N, L, c) fp32 when kept, else empty."""
     n, length, _ = x.shape
     v.check_perm_values(perm, length, perm_check)
+    keep = _keeps_fp32_out(y, keep_fp32_out)
     if _is_empty(x, y):
         return (torch.zeros(y.shape, device=y.device, dtype=y.dtype),
-                torch.zeros((n, length), device=x.device, dtype=torch.float32))
-    out, lse = chunked_attention_fwd(
-        _unit_last_stride(x), _unit_last_stride(y), _unit_last_stride(perm), *chunk_layout(length, chunk_size)
+                torch.zeros((n, length), device=x.device, dtype=torch.float32),
+                torch.zeros(y.shape if keep else (0,), device=y.device, dtype=torch.float32))
+    out, lse, out_fp32 = chunked_attention_fwd(
+        _unit_last_stride(x), _unit_last_stride(y), _unit_last_stride(perm), *chunk_layout(length, chunk_size),
+        keep_fp32_out=keep,
     )
-    return out.contiguous(), lse.contiguous()
+    if out_fp32 is None:
+        out_fp32 = torch.zeros((0,), device=y.device, dtype=torch.float32)
+    return out.contiguous(), lse.contiguous(), out_fp32.contiguous()
 
 
 @chunked_attention_fwd_op.register_fake
-def _(x, y, perm, chunk_size, perm_check):
-    return y.new_empty(y.shape), x.new_empty((x.shape[0], x.shape[1]), dtype=torch.float32)
+def _(x, y, perm, chunk_size, perm_check, keep_fp32_out):
+    kept = y.shape if _keeps_fp32_out(y, keep_fp32_out) else (0,)
+    return (y.new_empty(y.shape), x.new_empty((x.shape[0], x.shape[1]), dtype=torch.float32),
+            y.new_empty(kept, dtype=torch.float32))
 
 
 # ---------------------------------------------------------------------------------------
 # chunked attention: backward
-
-
-def _backward_launcher():
-    try:
-        from .kernels.chunked_attention_bwd import chunked_attention_bwd
-    except ImportError as error:  # pragma: no cover - only while the backward kernel is missing
-        raise NotImplementedError(
-            "the backward of chunked_attention on the Triton backend is not available "
-            f"({error}); use backend='torch' to train"
-        ) from error
-    return chunked_attention_bwd
 
 
 @torch.library.custom_op("nlsa_triton::chunked_attention_bwd", mutates_args=())
@@ -106,8 +107,7 @@ def chunked_attention_bwd_op(
     if _is_empty(x, y):
         return torch.zeros_like(x, memory_format=torch.contiguous_format), torch.zeros_like(
             y, memory_format=torch.contiguous_format)
-    launcher = _backward_launcher()
-    dx, dy = launcher(
+    dx, dy = chunked_attention_bwd(
         _unit_last_stride(x), _unit_last_stride(y), _unit_last_stride(perm), _unit_last_stride(out),
         lse.contiguous(), _unit_last_stride(grad_out), *chunk_layout(x.shape[1], chunk_size),
     )
@@ -120,23 +120,43 @@ def _(grad_out, x, y, perm, out, lse, chunk_size):
 
 
 def _setup_context(ctx, inputs, output):
-    x, y, perm, chunk_size, _ = inputs
-    out, lse = output
-    ctx.save_for_backward(x, y, perm, out, lse)
+    x, y, perm, chunk_size, _, _ = inputs
+    out, lse, out_fp32 = output
+    ctx.save_for_backward(x, y, perm, out_fp32 if out_fp32.numel() else out, lse)
     ctx.chunk_size = chunk_size
-    ctx.mark_non_differentiable(lse)
+    ctx.mark_non_differentiable(lse, out_fp32)
 
 
-def _backward(ctx, grad_out, _grad_lse):
+def _backward(ctx, grad_out, _grad_lse, _grad_out_fp32):
     x, y, perm, out, lse = ctx.saved_tensors
     dx, dy = chunked_attention_bwd_op(grad_out, x, y, perm, out, lse, ctx.chunk_size)
     return (dx if ctx.needs_input_grad[0] else None, dy if ctx.needs_input_grad[1] else None,
-            None, None, None)
+            None, None, None, None)
 
 
 chunked_attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+DOUBLE_BACKWARD_MESSAGE = (
+    "double backward (a gradient of a gradient) of chunked_attention / nlsa is not supported "
+    "on the Triton backend: its backward runs Triton kernels that autograd cannot "
+    "differentiate; use backend='torch' for higher-order gradients"
+)
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(DOUBLE_BACKWARD_MESSAGE)
+
+
+# The backward is first-order: differentiating its outputs (create_graph=True, then a
+# second backward) fails with a message that says so and names the way out.
+chunked_attention_bwd_op.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
+
+
 def chunked_attention(x: Tensor, y: Tensor, perm: Tensor, chunk_size: int, perm_check: str = "full") -> Tensor:
-    """The Triton chunked attention through the registered ops (differentiable in x and y)."""
-    return chunked_attention_fwd_op(x, y, perm, chunk_size, perm_check)[0]
+    """The Triton chunked attention through the registered ops (differentiable in x and y).
+
+    Half-precision inputs that will be differentiated keep the fp32 output for the backward.
+    """
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
+    return chunked_attention_fwd_op(x, y, perm, chunk_size, perm_check, needs_grad)[0]

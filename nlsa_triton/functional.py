@@ -7,63 +7,7 @@ from . import _validation as v
 from . import reference
 from . import _ops
 from ._backend import autocast_inputs, resolve_backend
-from .buckets import bucket_sort, chunk_layout, resolve_rotations
-from .kernels import chunked_attention_bwd, chunked_attention_fwd, lsh_hash_triton
-
-TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
-DOUBLE_BACKWARD_MESSAGE = (
-    "double backward (a gradient of a gradient) of chunked_attention / nlsa is not supported "
-    "on the Triton backend: its backward runs Triton kernels that autograd cannot "
-    "differentiate; use backend='torch' for higher-order gradients"
-)
-
-
-class _NoDoubleBackward(torch.autograd.Function):
-    """Passes the first-order gradients through; differentiating them raises a clear error.
-
-    Its inputs include x and y, so the gradients stay attached to the graph when the
-    backward runs with create_graph=True, and a second differentiation reaches here
-    instead of silently treating them as constants.
-    """
-
-    @staticmethod
-    def forward(ctx, dx, dy, *anchors):
-        return dx.view_as(dx), dy.view_as(dy)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        raise RuntimeError(DOUBLE_BACKWARD_MESSAGE)
-
-
-class ChunkedAttentionFunction(torch.autograd.Function):
-    """Triton chunked attention across all hash rounds; saves x, y, perm, out and lse.
-
-    The backward recomputes the scores from x and the log-sum-exp (no score tensor is
-    stored) and runs the Triton backward kernels; it is first-order only.
-    """
-
-    @staticmethod
-    def forward(ctx, x, y, perm, chunk_size):
-        layout = chunk_layout(x.shape[1], chunk_size)
-        out, lse = chunked_attention_fwd(x, y, perm, *layout)
-        ctx.save_for_backward(x, y, perm, out, lse)
-        ctx.layout = layout
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, y, perm, out, lse = ctx.saved_tensors
-        with torch.no_grad():
-            dx, dy = chunked_attention_bwd(x, y, perm, out, lse, _unit_last_stride(grad_out), *ctx.layout)
-        if torch.is_grad_enabled():  # create_graph=True: make a second differentiation fail loudly
-            dx, dy = _NoDoubleBackward.apply(dx, dy, x, y, grad_out)
-        return (dx if ctx.needs_input_grad[0] else None), (dy if ctx.needs_input_grad[1] else None), None, None
+from .buckets import bucket_sort, resolve_rotations
 
 
 def lsh_hash(x: torch.Tensor, rotations: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
@@ -79,16 +23,6 @@ def lsh_hash(x: torch.Tensor, rotations: torch.Tensor, *, backend: str = "auto")
         return reference.lsh_hash(x, rotations)
     # Nothing differentiable flows through the hash (spec section 2).
     return _ops.lsh_hash(x.detach(), rotations.detach())
-
-
-def _triton_chunked_attention(x, y, perm, chunk_size: int, perm_check: str) -> torch.Tensor:
-    """The Triton path; ``perm_check`` is "full", "range" or "none" (``_validation.PERM_CHECKS``)."""
-    v.check_perm_values(perm, x.shape[1], perm_check)
-    if x.shape[0] == 0 or x.shape[1] == 0 or y.shape[2] == 0:
-        return reference.empty_result(x, y)
-    return ChunkedAttentionFunction.apply(
-        _unit_last_stride(x), _unit_last_stride(y), _unit_last_stride(perm), chunk_size
-    )
 
 
 def chunked_attention(
@@ -122,7 +56,7 @@ def chunked_attention(
     perm_check = v.check_perm_mode(check_perm)
     if resolve_backend(backend, x) == "torch":
         return reference.chunked_attention(x, y, perm, chunk_size, check_perm=check_perm)
-    return _triton_chunked_attention(x, y, perm, chunk_size, perm_check)
+    return _ops.chunked_attention(x, y, perm, chunk_size, perm_check)
 
 
 def nlsa(
@@ -150,4 +84,4 @@ def nlsa(
         return reference.nlsa(x, y, n_hashes=n_hashes, chunk_size=chunk_size, rotations=rotations)
     # bucket_sort is an argsort: perm is a permutation by construction, nothing to check.
     perm = bucket_sort(_ops.lsh_hash(x.detach(), rotations.detach()))
-    return _triton_chunked_attention(x, y, perm, chunk_size, "none")
+    return _ops.chunked_attention(x, y, perm, chunk_size, "none")

@@ -35,11 +35,11 @@ def _check_res_scale(res_scale) -> float:
     return res_scale
 
 
-def _check_channels(channels: int, reduction: int) -> None:
-    v.check_positive_int(channels, "channels")
+def _check_channels(channels: int, reduction: int, name: str = "channels") -> None:
+    v.check_positive_int(channels, name)
     v.check_positive_int(reduction, "reduction")
     if channels % reduction:
-        raise ValueError(f"channels ({channels}) must be divisible by reduction ({reduction})")
+        raise ValueError(f"{name} ({channels}) must be divisible by reduction ({reduction})")
 
 
 class NonLocalSparseAttention(nn.Module):
@@ -117,7 +117,7 @@ class NonLocalAttention(nn.Module):
 
     def __init__(self, channel: int = 128, reduction: int = 2, res_scale: float = 1):
         super().__init__()
-        _check_channels(channel, reduction)
+        _check_channels(channel, reduction, "channel")
         self.channel, self.reduction, self.res_scale = channel, reduction, _check_res_scale(res_scale)
         self.conv_match1 = _conv1x1_prelu(channel, channel // reduction)
         self.conv_match2 = _conv1x1_prelu(channel, channel // reduction)

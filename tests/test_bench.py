@@ -31,7 +31,8 @@ def _raw_rows(path):
 def quick_run(tmp_path_factory):
     pytest.importorskip("matplotlib")
     out = tmp_path_factory.mktemp("bench")
-    assert sweep.main(["--quick", "--out", str(out)]) == 0
+    # One thread: on a busy CI machine, OpenMP threads waiting on each other make tiny ops slow.
+    assert sweep.main(["--quick", "--threads", "1", "--out", str(out)]) == 0
     return out
 
 
@@ -149,7 +150,7 @@ def test_gpu_runner_statuses(monkeypatch, behaviour, expected):
     monkeypatch.setattr(sweep, "build", lambda cfg, device, seed=0: _FakeCase(fn))
     monkeypatch.setattr(sweep, "gpu_peak_mb", lambda fn: (fn(), 12.5)[1])
     monkeypatch.setattr(sweep, "gpu_time_ms", fake_time)
-    monkeypatch.setattr(sweep, "free_cuda", lambda: None)
+    monkeypatch.setattr(sweep, "free_cuda", lambda *a, **k: None)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
     settings = sweep.make_settings(sweep.parse_args(["--quick", "--device", "cpu"]))
     cfg = providers.Config("nlsa_triton", "fwd_bwd", 32, 32, 64, 2, 144, "float32")
@@ -164,7 +165,7 @@ def test_gpu_runner_stops_after_a_sticky_cuda_error(monkeypatch):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
     monkeypatch.setattr(sweep, "build", lambda cfg, device, seed=0: _FakeCase(fn))
-    monkeypatch.setattr(sweep, "free_cuda", lambda: None)
+    monkeypatch.setattr(sweep, "free_cuda", lambda *a, **k: None)
     runner = sweep.GpuRunner(sweep.make_settings(sweep.parse_args(["--quick", "--device", "cpu"])))
     cfg = providers.Config("nlsa_triton", "fwd", 32, 32, 64, 2, 144, "float32")
     assert runner.run(cfg)["time"]["status"] == "error"

@@ -133,7 +133,8 @@ def test_channels_last_and_strided_images(backend):
     rotations = nt.random_rotations(2, 2, nt.num_buckets(42, 8), generator=torch.Generator().manual_seed(0)).to(DEVICE)
     expected = module(image, rotations)
     last = image.to(memory_format=torch.channels_last)
-    strided = torch.cat([image, image], dim=3)[..., ::2]
+    strided = torch.stack([image, image], dim=-1).flatten(-2)[..., ::2]  # W stride 2
+    assert not strided.is_contiguous() and torch.equal(strided, image)
     for variant in (last, strided):
         torch.testing.assert_close(module(variant, rotations), expected, rtol=1e-5, atol=1e-5)
 
@@ -214,7 +215,8 @@ def _draws(count=15, seed=20240611):
     for index in range(count):
         chunk = rng.choice([1, 2, 3, 5, 8, 13, 16, 24, 40])
         draws.append(dict(
-            n=rng.randint(1, 3), length=rng.randint(1, 90), d=rng.randint(1, 20), c=rng.randint(1, 40),
+            n=rng.randint(1, 3), length=rng.randint(1, 24 if chunk < 4 else 90),  # tiny chunks: many programs
+            d=rng.randint(1, 20), c=rng.randint(1, 40),
             rounds=rng.randint(1, 4), chunk=chunk, scale=10 ** rng.uniform(-1, 1.3), end_to_end=index % 3 == 0,
             seed=rng.randrange(2 ** 31),
         ))
@@ -223,7 +225,11 @@ def _draws(count=15, seed=20240611):
 
 @pytest.mark.parametrize("draw", _draws(), ids=lambda d: "N{n}_L{length}_d{d}_c{c}_R{rounds}_K{chunk}".format(**d))
 def test_random_shapes_triton_equals_reference(draw):
+    """Forward and gradients of the Triton path against the float64 reference."""
     x, y, gen = _inputs(draw["n"], draw["length"], draw["d"], draw["c"], draw["seed"], scale=draw["scale"])
+    grad_out = torch.randn(y.shape, generator=gen).to(DEVICE)
+    x.requires_grad_(True)
+    y.requires_grad_(True)
     if draw["end_to_end"]:
         rotations = nt.random_rotations(draw["d"], draw["rounds"], nt.num_buckets(draw["length"], draw["chunk"]),
                                         generator=gen).to(DEVICE)
@@ -233,9 +239,20 @@ def test_random_shapes_triton_equals_reference(draw):
     else:
         perm = _random_perm(draw["n"], draw["rounds"], draw["length"], gen, n_codes=draw["length"] // 3 + 1)
         out = nt.chunked_attention(x, y, perm, draw["chunk"], backend="triton")
-    expected = nt.reference.chunked_attention(x.double(), y.double(), perm, draw["chunk"])
+    x64, y64 = x.detach().double().requires_grad_(True), y.detach().double().requires_grad_(True)
+    expected = nt.reference.chunked_attention(x64, y64, perm, draw["chunk"])
     assert out.shape == expected.shape and out.dtype == torch.float32
     assert rel_err(out, expected) < 1e-5
+    dx, dy = torch.autograd.grad(out, (x, y), grad_out)
+    dx64, dy64 = torch.autograd.grad(expected, (x64, y64), grad_out.double())
+    assert rel_err(dy, dy64) < 1e-5
+    if draw["length"] > 1:  # L = 1: out = y whatever x is, dx = 0
+        # Large scales make the softmax peaked and dx ill-conditioned in float32: the bound is
+        # twice the float32 reference's own error, or 1e-5.
+        x32 = x.detach().requires_grad_(True)
+        (dx32,) = torch.autograd.grad(nt.reference.chunked_attention(x32, y.detach(), perm, draw["chunk"]), x32,
+                                      grad_out)
+        assert rel_err(dx, dx64) < max(1e-5, 2 * rel_err(dx32, dx64))
 
 
 # ---------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ call; memory as the peak resident-set growth of the call in a fresh process
 """
 from __future__ import annotations
 
+import argparse
+
 import csv
 import datetime as _dt
 import gc
@@ -266,3 +268,29 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """A map size on the command line: "150" (square) or "150x200" (height x width)."""
+    h, _, w = text.strip().lower().partition("x")
+    return int(h), int(w or h)
+
+
+def parse_dtype(text: str) -> str:
+    if text.lower() not in DTYPES:
+        raise argparse.ArgumentTypeError(f"unknown dtype {text!r} (fp32, fp16, bf16)")
+    return dtype_name(DTYPES[text.lower()])
+
+
+def resolve_device(requested: str) -> str:
+    """--device auto|cpu|cuda as the device to measure on."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    return requested
+
+
+def same_status(status: str, reason: str = "") -> dict:
+    """A measurement result whose time and memory share one non-ok status."""
+    return {"time": {"status": status}, "mem": {"status": status}, "reason": reason}

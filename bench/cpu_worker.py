@@ -31,18 +31,16 @@ from dataclasses import replace
 import torch  # imported once here, inherited by every child
 
 import nlsa_triton  # noqa: F401
-from common import MB, cpu_repeats, cpu_time_ms, outcome, proc_status_kb, reset_peak_rss, short_reason
+from common import (
+    MB, cpu_repeats, cpu_time_ms, outcome, proc_status_kb, reset_peak_rss, same_status, short_reason,
+)
 from providers import Config, build
 
 WARMUP_SIDE = 8
 
 
-def _both(status: str, reason: str = "") -> dict:
-    return {"time": {"status": status}, "mem": {"status": status}, "reason": reason}
-
-
 def _failure(exc: BaseException) -> dict:
-    return _both(*outcome(exc))
+    return same_status(*outcome(exc))
 
 
 def measure(request: dict) -> dict:
@@ -119,7 +117,7 @@ def run_child(request: dict) -> dict:
         try:
             result = measure(request)
         except BaseException as exc:  # noqa: BLE001
-            result = _both("error", short_reason(exc))
+            result = same_status("error", short_reason(exc))
             traceback.print_exc()
             code = 1
         try:
@@ -138,7 +136,7 @@ def run_child(request: dict) -> dict:
     if data is None:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        return _both("error", f"timed out after {request.get('timeout_s')} s")
+        return same_status("error", f"timed out after {request.get('timeout_s')} s")
     _, status = os.waitpid(pid, 0)
     if data:
         try:
@@ -148,9 +146,9 @@ def run_child(request: dict) -> dict:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         if sig == signal.SIGKILL:
-            return _both("oom", "child killed by SIGKILL (the kernel's OOM killer, most likely)")
-        return _both("error", f"child killed by signal {signal.Signals(sig).name}")
-    return _both("error", f"child exited with status {os.WEXITSTATUS(status)} and no result")
+            return same_status("oom", "child killed by SIGKILL (the kernel's OOM killer, most likely)")
+        return same_status("error", f"child killed by signal {signal.Signals(sig).name}")
+    return same_status("error", f"child exited with status {os.WEXITSTATUS(status)} and no result")
 
 
 def serve() -> None:

@@ -55,9 +55,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from common import (  # noqa: E402
-    BENCH_DIR, DTYPES, MB, CsvWriter, cpu_repeats, cpu_time_ms, device_name, device_slug, dtype_name,
-    free_cuda, git_commit, gpu_peak_mb, gpu_time_ms, now_iso, outcome, proc_status_kb, reset_peak_rss,
-    short_reason, triton_version,
+    BENCH_DIR, MB, CsvWriter, cpu_repeats, cpu_time_ms, device_name, device_slug,
+    free_cuda, git_commit, gpu_peak_mb, gpu_time_ms, now_iso, outcome, parse_dtype, parse_size,
+    proc_status_kb, reset_peak_rss, resolve_device, same_status, short_reason, triton_version,
 )
 
 PROVIDERS = {"nlsn_triton": "triton", "nlsn_torch": "torch"}
@@ -102,18 +102,6 @@ class Settings:
 
 # ---------------------------------------------------------------------------- arguments
 
-def _size(text: str) -> tuple[int, int]:
-    text = text.strip().lower()
-    h, _, w = text.partition("x")
-    return int(h), int(w or h)
-
-
-def _dtype(text: str) -> str:
-    if text.lower() not in DTYPES:
-        raise argparse.ArgumentTypeError(f"unknown dtype {text!r} (fp32, fp16, bf16)")
-    return dtype_name(DTYPES[text.lower()])
-
-
 def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="python bench/nlsn_efficiency.py",
@@ -129,14 +117,14 @@ def parse_args(argv):
     p.add_argument("--n-resblocks", type=int, help="overrides --quick / --full")
     p.add_argument("--scale", type=int, default=2, choices=(2, 3, 4),
                    help="upscaling factor (default 2; the paper does not say which Table 3 used)")
-    p.add_argument("--sizes", type=lambda s: [_size(t) for t in s.split(",") if t.strip()],
+    p.add_argument("--sizes", type=lambda s: [parse_size(t) for t in s.split(",") if t.strip()],
                    help="comma-separated LR sides or HxW (default 100,150)")
     p.add_argument("--providers", type=lambda s: [t.strip() for t in s.split(",") if t.strip()],
                    help=f"comma-separated, default all: {','.join(PROVIDERS)}")
     p.add_argument("--n-hashes", type=int, default=4, help="NLSA hash rounds (default 4)")
     p.add_argument("--chunk-size", type=int, default=144, help="NLSA chunk size (default 144)")
     p.add_argument("--res-scale", type=float, default=0.1, help="residual scaling (default 0.1)")
-    p.add_argument("--dtype", type=_dtype, default="float32", help="fp32 (default), fp16, bf16")
+    p.add_argument("--dtype", type=parse_dtype, default="float32", help="fp32 (default), fp16, bf16")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="default: cuda when available, else cpu")
@@ -150,11 +138,7 @@ def parse_args(argv):
 
 
 def make_settings(args) -> Settings:
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
+    device = resolve_device(args.device)
     quick = args.quick or (device == "cpu" and not args.full)
     config = dict(QUICK_CONFIG if quick else PAPER_CONFIG)
     if args.n_feats is not None:
@@ -205,10 +189,6 @@ def _forward(model, s: Settings, height: int, width: int):
     return fn
 
 
-def _both(status: str, reason: str = "") -> dict:
-    return {"time": {"status": status}, "mem": {"status": status}, "reason": reason}
-
-
 def measure_gpu(model, s: Settings, height: int, width: int) -> dict:
     err = None
     try:
@@ -220,7 +200,7 @@ def measure_gpu(model, s: Settings, height: int, width: int) -> dict:
     if err:
         fn = None
         free_cuda()
-        return _both(*err)
+        return same_status(*err)
     result = {"reason": ""}
     try:
         result["mem"] = {"status": "ok", "median": gpu_peak_mb(fn)}
@@ -247,7 +227,7 @@ def measure_cpu(model, s: Settings, height: int, width: int) -> dict:
         first_s = time.perf_counter() - start
         after = proc_status_kb("VmHWM")
     except Exception as exc:  # noqa: BLE001
-        return _both(*outcome(exc))
+        return same_status(*outcome(exc))
     result = {"reason": ""}
     if "VmHWM" in after and "VmRSS" in before:
         base = before["VmRSS"] if hwm_reset else max(before["VmRSS"], before.get("VmHWM", 0))
@@ -358,13 +338,13 @@ def run(s: Settings, out_dir: Path, say) -> dict:
                 gflops = info["flops"][f"{h}x{w}"]["total"] / 1e9
                 reason = unavailable_reason(provider, s.device)
                 if reason:
-                    result = _both("skipped", reason)
+                    result = same_status("skipped", reason)
                 else:
                     start = time.monotonic()
                     try:
                         result = (measure_gpu if s.device == "cuda" else measure_cpu)(model, s, h, w)
                     except Exception as exc:  # noqa: BLE001 - a status, not a crash
-                        result = _both("error", short_reason(exc))
+                        result = same_status("error", short_reason(exc))
                     result.setdefault("reason", "")
                     result["seconds"] = time.monotonic() - start
                 for row in rows_for(provider, s, h, w, result, gflops, meta):

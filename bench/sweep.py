@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from common import (  # noqa: E402
-    BENCH_DIR, DTYPES, CsvWriter, device_name, device_slug, dtype_name, free_cuda, git_commit,
-    gpu_peak_mb, gpu_time_ms, now_iso, outcome, triton_version,
+    BENCH_DIR, CsvWriter, device_name, device_slug, free_cuda, git_commit,
+    gpu_peak_mb, gpu_time_ms, now_iso, outcome, parse_dtype, parse_size, resolve_device, same_status,
+    triton_version,
 )
 from providers import (  # noqa: E402
     HASHED, MODES, PROVIDERS, TIME_EXPONENT, Config, build, check_channels, unavailable_reason,
@@ -81,19 +82,6 @@ def _list(text: str, item=str) -> list:
     return [item(t.strip()) for t in text.split(",") if t.strip()]
 
 
-def _size(text: str) -> tuple[int, int]:
-    if "x" in text.lower():
-        h, w = text.lower().split("x")
-        return int(h), int(w)
-    return int(text), int(text)
-
-
-def _dtype(text: str) -> str:
-    if text.lower() not in DTYPES:
-        raise argparse.ArgumentTypeError(f"unknown dtype {text!r} (fp32, fp16, bf16)")
-    return dtype_name(DTYPES[text.lower()])
-
-
 def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="python bench/sweep.py",
@@ -102,7 +90,7 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true",
                    help="tiny smoke run: sizes 24,32, channels 64, n_hashes 1,2, fp32 (and fp16 on GPU), "
                         "few repeats")
-    p.add_argument("--sizes", type=lambda s: _list(s, _size),
+    p.add_argument("--sizes", type=lambda s: _list(s, parse_size),
                    help="comma-separated sides (square maps, e.g. 50,100,150) or HxW; default: CPU "
                         f"{','.join(map(str, CPU_SIDES))} (thinned: 100x100 without fwd_bwd at channels 256, "
                         f"150x150 only fwd at channels 64), GPU {','.join(map(str, GPU_SIDES))}")
@@ -110,7 +98,7 @@ def parse_args(argv):
                    help=f"comma-separated, default all: {','.join(PROVIDERS)}")
     p.add_argument("--n-hashes", type=lambda s: _list(s, int), help="for the NLSA providers; default 1,2,4,8")
     p.add_argument("--channels", type=lambda s: _list(s, int), help="default 64,256")
-    p.add_argument("--dtype", type=lambda s: _list(s, _dtype),
+    p.add_argument("--dtype", type=lambda s: _list(s, parse_dtype),
                    help="comma-separated fp32, fp16, bf16; default fp32 on CPU, fp32,fp16,bf16 on GPU")
     p.add_argument("--modes", type=_list, help="fwd, fwd_bwd; default both")
     p.add_argument("--out", help="output folder; default bench/results/<device-slug>/")
@@ -135,11 +123,7 @@ def parse_args(argv):
 
 
 def make_settings(args) -> Settings:
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
+    device = resolve_device(args.device)
     gpu = device == "cuda"
     if args.quick:
         sides = QUICK_SIDES
@@ -188,10 +172,6 @@ def plan(s: Settings) -> list[Config]:
 
 # ---------------------------------------------------------------------------- runners
 
-def _both(status: str, reason: str = "") -> dict:
-    return {"time": {"status": status}, "mem": {"status": status}, "reason": reason}
-
-
 class CpuRunner:
     """Each configuration in a fresh process forked by bench/cpu_worker.py (see there)."""
 
@@ -224,7 +204,7 @@ class CpuRunner:
             line = ""
         if not line:
             self.proc = None
-            return _both("error", "the CPU worker died; restarted for the next configuration")
+            return same_status("error", "the CPU worker died; restarted for the next configuration")
         return json.loads(line)
 
     def close(self):
@@ -256,7 +236,7 @@ class GpuRunner:
 
     def run(self, cfg: Config) -> dict:
         if self.broken:
-            return _both("error", f"CUDA context broken by an earlier error ({self.broken})")
+            return same_status("error", f"CUDA context broken by an earlier error ({self.broken})")
         err, case = None, None
         try:
             case = build(cfg, "cuda", self.s.seed)
@@ -267,7 +247,7 @@ class GpuRunner:
         if err:  # the exception and its frames are gone here, so is what they held
             case = None
             free_cuda()
-            return _both(*err)
+            return same_status(*err)
 
         result = {"reason": ""}
         try:
@@ -353,11 +333,11 @@ def run_sweep(s: Settings, out_dir: Path, say) -> Counter:
             reason = unavailable_reason(cfg.provider, s.device) or check_channels(cfg.provider, cfg.channels)
             predicted = _predicted_ms(cfg, last_ok)
             if reason:
-                result = _both("skipped", reason)
+                result = same_status("skipped", reason)
             elif s.time_budget_s and time.monotonic() - start > s.time_budget_s:
-                result = _both("skipped", f"time budget of {s.time_budget_s:g} s spent (--time-budget)")
+                result = same_status("skipped", f"time budget of {s.time_budget_s:g} s spent (--time-budget)")
             elif predicted is not None and predicted > s.max_call_ms:
-                result = _both("skipped", f"predicted {predicted:.4g} ms per call > --max-call-ms "
+                result = same_status("skipped", f"predicted {predicted:.4g} ms per call > --max-call-ms "
                                           f"{s.max_call_ms:g}")
             else:
                 result = runner.run(cfg)

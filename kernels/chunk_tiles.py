@@ -12,6 +12,11 @@ import triton
 import triton.language as tl
 
 
+# Module-level constants inside @triton.jit must be constexpr.
+LOG2E = tl.constexpr(1.4426950408889634)
+KEY_NORM_EPS = tl.constexpr(5e-5)
+
+
 def fitting_block(extent: int, candidates: tuple[int, ...], min_efficiency: float = 0.85) -> int:
     """The largest block in ``candidates`` that covers ``extent`` with few masked lanes."""
     for block in sorted(candidates, reverse=True):
@@ -42,6 +47,17 @@ def candidate_pixels(
     position = tl.where(position >= length, position - padding, position)
     pixel = tl.load(perm_round + position, mask=valid, other=0).to(tl.int64)
     return pixel, valid
+
+
+@triton.jit
+def candidate_keys(x_n, stride_xl, perm_round, t, chunk_index, length, padding, n_chunks, CHUNK, offs_d, d_valid):
+    """Rows of x for candidates t of chunk j's queries (0 where invalid), read in place,
+    with their key scale 1 / max(||x||, eps), pixels and validity."""
+    pixel, valid = candidate_pixels(perm_round, t, chunk_index, length, padding, n_chunks, CHUNK)
+    k = tl.load(x_n + pixel[:, None] * stride_xl + offs_d[None, :], mask=valid[:, None] & d_valid[None, :], other=0.0)
+    k_f32 = k.to(tl.float32)
+    inv_norm = 1.0 / tl.maximum(tl.sqrt(tl.sum(k_f32 * k_f32, axis=1)), KEY_NORM_EPS)
+    return k, inv_norm, pixel, valid
 
 
 def dtype_variants(is_default: bool):

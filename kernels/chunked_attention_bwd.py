@@ -48,8 +48,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk_tiles import candidate_pixels, dtype_variants, fitting_block
-from .chunked_attention_fwd import KEY_NORM_EPS, LOG2E, dot_precision
+from .chunk_tiles import KEY_NORM_EPS, LOG2E, candidate_keys, dtype_variants, fitting_block
+from .chunked_attention_fwd import dot_precision
 
 
 @triton.jit
@@ -133,11 +133,8 @@ def _chunked_attention_bwd_dq_kernel(
     dq = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
     for t0 in range(0, 3 * CHUNK, BLOCK_K):
         offs_t = t0 + tl.arange(0, BLOCK_K)
-        k_pixel, k_valid = candidate_pixels(perm_round, offs_t, chunk_index, length, padding, n_chunks, CHUNK)
-        k = tl.load(x_n + k_pixel[:, None] * stride_xl + offs_d[None, :],
-                    mask=k_valid[:, None] & d_valid[None, :], other=0.0)
-        k_f32 = k.to(tl.float32)
-        inv_norm = 1.0 / tl.maximum(tl.sqrt(tl.sum(k_f32 * k_f32, axis=1)), KEY_NORM_EPS)
+        k, inv_norm, k_pixel, k_valid = candidate_keys(
+            x_n, stride_xl, perm_round, offs_t, chunk_index, length, padding, n_chunks, CHUNK, offs_d, d_valid)
         # Scores exactly as the forward forms them, so that exp(s - lse) is its P.
         s2 = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * (inv_norm * LOG2E)[None, :]
         p = tl.exp2(s2 - lse2[:, None])
@@ -156,7 +153,7 @@ def _chunked_attention_bwd_dq_kernel(
             v = tl.load(v_rows[:, None] + offs_c[None, :], mask=k_valid[:, None] & (offs_c < c)[None, :], other=0.0)
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
-        k_hat = (k_f32 * inv_norm[:, None]).to(k.dtype)
+        k_hat = (k.to(tl.float32) * inv_norm[:, None]).to(k.dtype)
         dq = tl.dot(ds.to(k.dtype), k_hat, dq, input_precision=DOT_PRECISION)
 
     dx_ptrs = DX + n * stride_dxn + q_pixel[:, None] * stride_dxl + offs_d[None, :]

@@ -18,10 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk_tiles import candidate_pixels, dtype_variants, fitting_block
-
-LOG2E = tl.constexpr(1.4426950408889634)
-KEY_NORM_EPS = tl.constexpr(5e-5)
+from .chunk_tiles import LOG2E, candidate_keys, dtype_variants, fitting_block
 
 
 @triton.jit
@@ -67,12 +64,9 @@ def _chunked_attention_fwd_kernel(
     row_sum = tl.zeros((BLOCK_Q,), dtype=tl.float32)
     for t0 in range(0, 3 * CHUNK, BLOCK_K):
         offs_t = t0 + tl.arange(0, BLOCK_K)
-        k_pixel, k_valid = candidate_pixels(perm_round, offs_t, chunk_index, length, padding, n_chunks, CHUNK)
-        k = tl.load(x_n + k_pixel[:, None] * stride_xl + offs_d[None, :],
-                    mask=k_valid[:, None] & d_valid[None, :], other=0.0)
-        k_f32 = k.to(tl.float32)
-        k_scale = LOG2E / tl.maximum(tl.sqrt(tl.sum(k_f32 * k_f32, axis=1)), KEY_NORM_EPS)
-        s2 = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * k_scale[None, :]
+        k, inv_norm, k_pixel, k_valid = candidate_keys(
+            x_n, stride_xl, perm_round, offs_t, chunk_index, length, padding, n_chunks, CHUNK, offs_d, d_valid)
+        s2 = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * (inv_norm * LOG2E)[None, :]
         p = tl.exp2(s2 - m2[:, None])
         p = tl.where(k_valid[None, :], p, 0.0)
         row_sum += tl.sum(p, axis=1)

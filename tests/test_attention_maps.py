@@ -1,5 +1,4 @@
 """attention_maps: per-round and combined NLSA weights for one query (the seed's Figure 1)."""
-import math
 
 import numpy as np
 import pytest

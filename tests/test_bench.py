@@ -183,7 +183,6 @@ def test_speedup_plot_with_triton_rows(quick_run, tmp_path):
         writer.writeheader()
         writer.writerows([r for r in rows if r["provider"] != "nlsa_triton"] + fake)
     import plots
-    import table
 
     written, notes = plots.draw(tmp_path)
     assert not notes and {p.name for p in written} == {f"{n}_float32.png" for n in PLOTS}

@@ -278,7 +278,7 @@ class BackwardConfig:
 
     Gathered tiles carry a 64-bit pointer per element and dS needs the whole dO . y, so
     registers, not arithmetic, bound the tiles; the choices compile without spills for
-    sm_80 and sm_90 on the default problems (tests/test_compile.py). Without software
+    sm_80 and sm_90 on the default problems, with triton 3.6 and 3.9 (tests/test_compile.py). Without software
     pipelining (num_stages 1), which only adds register pressure to gathered loads.
     """
 
@@ -291,9 +291,10 @@ class BackwardConfig:
         fused = triton.next_power_of_2(c) <= self.FUSED_C
         block_c = max(16, triton.next_power_of_2(c)) if fused else self.C_TILE
         options = dict(num_warps=8, num_stages=1)
-        # dq: a query tile inside one chunk, key tiles over the flat 3K candidates.
+        # dq: a query tile inside one chunk, key tiles over the flat 3K candidates; channel
+        # tiling keeps dO reloads in flight, so it gets the smaller query tile.
         wide = block_d >= 128
-        self.dq = (dict(BLOCK_Q=fitting_block(chunk, (16, 32)), BLOCK_K=16 if wide else 32,
+        self.dq = (dict(BLOCK_Q=16 if not fused else fitting_block(chunk, (16, 32)), BLOCK_K=16 if wide else 32,
                         BLOCK_D=block_d, BLOCK_C=block_c, C_TILED=not fused), options)
         # dk/dv: a key tile inside one chunk, query tiles over the flat 3K occurrences.
         block_k = 16 if wide else fitting_block(chunk, (16, 32))

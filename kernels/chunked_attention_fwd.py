@@ -101,14 +101,21 @@ class ForwardConfig:
 
     Gathered tiles carry one 64-bit pointer per element, so registers run out long before
     the arithmetic does: wider rows (d) get fewer keys per tile, and 8 warps share the
-    load. The choices compile without spills for sm_80 and sm_90 (tests/test_compile.py).
+    load. Every channel tile recomputes the scores, so for d <= 64 and c > 64 one
+    128-wide channel tile over 16 queries beats two 64-wide ones over 32. The choices
+    compile without spills for sm_80 and sm_90 with triton 3.6 and 3.9
+    (tests/test_compile.py).
     """
 
     def __init__(self, chunk: int, d: int, c: int):
         self.block_d = max(16, triton.next_power_of_2(d))
         self.block_k = 64 if self.block_d <= 16 else 32 if self.block_d <= 64 else 16
-        self.block_q = fitting_block(chunk, (16, 32))
-        self.block_c = fitting_block(c, (16, 32, 64, 128) if self.block_k == 32 else (16, 32, 64))
+        if 16 < self.block_d <= 64 and c > 64:
+            self.block_q = 16
+            self.block_c = fitting_block(c, (64, 128))
+        else:
+            self.block_q = fitting_block(chunk, (16, 32))
+            self.block_c = fitting_block(c, (16, 32, 64))
         self.num_warps = 8
 
     def as_constexprs(self) -> dict:

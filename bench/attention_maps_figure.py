@@ -95,7 +95,7 @@ def patch_embedding(img: np.ndarray, sharpness: float) -> torch.Tensor:
     return x * (sharpness / median)
 
 
-def draw(img, maps, query, n_hashes, chunk_size, output, title):
+def draw(img, maps, query, n_hashes, output, title):
     h, w = img.shape[:2]
     qh, qw = query
     panels = n_hashes + 2
@@ -163,7 +163,7 @@ def main(argv=None) -> pathlib.Path:
              f"{nt.num_buckets(h * w, args.chunk_size)} buckets, 3x3 RGB patch embedding "
              f"(seed {args.seed}).\nColoured: candidates of the query, by weight "
              f"(square-root scale; px = distinct candidate pixels); grey: not a candidate.")
-    draw(img, maps, query, args.n_hashes, args.chunk_size, args.output, title)
+    draw(img, maps, query, args.n_hashes, args.output, title)
     print(f"wrote {args.output} in {time.perf_counter() - start:.2f} s")
     return args.output
 

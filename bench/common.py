@@ -22,6 +22,9 @@ from pathlib import Path
 
 import torch
 
+from nlsa_triton._backend import interpreter_enabled
+from nlsa_triton._oom import is_out_of_memory
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 
@@ -32,11 +35,15 @@ CSV_COLUMNS = (
 )
 METRICS = ("time_ms", "peak_mem_mb")
 # ok: measured; oom: ran out of memory; skipped: not run on purpose (no CUDA for Triton,
-# backward not implemented, class not importable, predicted too slow, time budget spent);
+# backward not implemented, predicted too slow, time budget spent);
 # error: raised something else (the progress line and sweep.log say what);
 # not_measured: the run was fine but this metric cannot be measured here.
 STATUSES = ("ok", "oom", "skipped", "error", "not_measured")
 MB = 2 ** 20  # "MB" in the CSV, the plots and table.md is MiB, as torch reports memory
+# Torch threads of a CPU measurement unless --threads says otherwise: with one per core,
+# OpenMP threads wait on each other whenever anything else runs on the machine, and small
+# ops slow down 10-100x; one thread gives repeatable times on a shared 2-core machine.
+DEFAULT_CPU_THREADS = 1
 
 DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,
@@ -156,20 +163,17 @@ def read_csv(path: Path) -> list[dict]:
 
 # ---------------------------------------------------------------------------- errors
 
-def is_oom(exc: BaseException) -> bool:
-    """Out of memory on either device: torch.OutOfMemoryError, MemoryError, or a
-    RuntimeError saying so (CUDA 'out of memory', the CPU allocator's 'not enough memory')."""
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(
-        s in text for s in ("out of memory", "not enough memory", "can't allocate memory",
-                            "cannot allocate memory", "cublas_status_alloc_failed")
-    )
-
-
 class Skip(Exception):
     """This provider cannot run this configuration on this device (status 'skipped')."""
+
+
+def triton_unavailable_reason(device: str) -> str | None:
+    """Why the Triton kernels are not timed on this device, or None when they are."""
+    if device != "cuda":
+        return "Triton kernels need CUDA; the Triton interpreter is never timed"
+    if interpreter_enabled():
+        return "TRITON_INTERPRET=1 is set; the Triton interpreter is never timed"
+    return None
 
 
 def outcome(exc: BaseException) -> tuple[str, str]:
@@ -180,7 +184,7 @@ def outcome(exc: BaseException) -> tuple[str, str]:
         return "skipped", str(exc)
     if isinstance(exc, NotImplementedError):
         return "skipped", short_reason(exc)
-    return ("oom" if is_oom(exc) else "error"), short_reason(exc)
+    return ("oom" if is_out_of_memory(exc) else "error"), short_reason(exc)
 
 
 def short_reason(exc: BaseException, limit: int = 160) -> str:
@@ -268,6 +272,28 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def cpu_first_call(fn) -> tuple[float, dict]:
+    """Run fn once (the untimed warm-up at its size) and read its peak resident growth.
+
+    Returns (seconds of the call, {"mem": ..., "reason": ...}): mem is {"status": "ok",
+    "median": MiB} from VmHWM after the call minus VmRSS before it, or "not_measured"
+    where there is no /proc/self/status. Exceptions of fn propagate.
+    """
+    gc.collect()
+    hwm_reset = reset_peak_rss()
+    before = proc_status_kb("VmRSS", "VmHWM")
+    start = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - start
+    after = proc_status_kb("VmHWM")
+    if "VmHWM" not in after or "VmRSS" not in before:
+        return seconds, {"mem": {"status": "not_measured"}, "reason": "no /proc/self/status: memory not measured"}
+    # Without the reset, VmHWM before the call may exceed VmRSS: count growth of the peak.
+    base = before["VmRSS"] if hwm_reset else max(before["VmRSS"], before.get("VmHWM", 0))
+    peak_mb = max(0, after["VmHWM"] - base) * 1024 / MB
+    return seconds, {"mem": {"status": "ok", "median": peak_mb}, "reason": ""}
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -18,7 +18,6 @@ server itself, each child starts with fresh allocator state and fresh thread poo
 """
 from __future__ import annotations
 
-import gc
 import json
 import os
 import select
@@ -31,9 +30,7 @@ from dataclasses import replace
 import torch  # imported once here, inherited by every child
 
 import nlsa_triton  # noqa: F401
-from common import (
-    MB, cpu_repeats, cpu_time_ms, outcome, proc_status_kb, reset_peak_rss, same_status, short_reason,
-)
+from common import cpu_first_call, cpu_repeats, cpu_time_ms, outcome, same_status, short_reason
 from providers import Config, build
 
 WARMUP_SIDE = 8
@@ -59,33 +56,16 @@ def measure(request: dict) -> dict:
         del tiny
     except Exception:  # noqa: BLE001 - the real call below reports any problem
         pass
-    gc.collect()
-    case.clear_grads()
 
-    hwm_reset = reset_peak_rss()
-    before = proc_status_kb("VmRSS", "VmHWM")
-    start = time.perf_counter()
     try:
-        case.fn()
+        first_s, result = cpu_first_call(case.fn)
     except Exception as exc:  # noqa: BLE001
         return _failure(exc)
-    first_s = time.perf_counter() - start
-    after = proc_status_kb("VmHWM")
-
-    result = {"reason": "", "first_call_s": first_s}
-    if "VmHWM" in after and "VmRSS" in before:
-        # Without the reset, VmHWM before the call may exceed VmRSS: count growth of the peak.
-        base = before["VmRSS"] if hwm_reset else max(before["VmRSS"], before.get("VmHWM", 0))
-        result["mem"] = {"status": "ok", "median": max(0, after["VmHWM"] - base) * 1024 / MB}
-    else:
-        result["mem"] = {"status": "not_measured"}
-        result["reason"] = "no /proc/self/status: memory not measured"
-
     repeats = cpu_repeats(first_s, target_s=request["target_s"], min_reps=request["min_reps"],
                           max_reps=request["max_reps"])
     try:
         median, p20, p80 = cpu_time_ms(case.fn, repeats)
-        result["time"] = {"status": "ok", "median": median, "p20": p20, "p80": p80, "repeats": repeats}
+        result["time"] = {"status": "ok", "median": median, "p20": p20, "p80": p80}
     except Exception as exc:  # noqa: BLE001
         failed = _failure(exc)
         result["time"], result["reason"] = failed["time"], failed["reason"]

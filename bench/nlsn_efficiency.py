@@ -15,7 +15,8 @@ Same helpers and conventions as bench/sweep.py (bench/common.py):
   in the JSON) and the input are excluded; time from triton.testing.do_bench (median,
   p20, p80). cuDNN convolutions run with torch's defaults (TF32 allowed for convs); the
   JSON records the TF32 settings.
-- CPU: nlsn_triton is skipped (the Triton interpreter is never timed). nlsn_torch: a
+- CPU: nlsn_triton is skipped (the Triton interpreter is never timed). nlsn_torch, on
+  ``--threads`` torch threads (default 1, for times that repeat on a shared machine): a
   warm-up call on an 8x8 input, then the first call at the size, whose peak resident-set
   growth (VmHWM - VmRSS after resetting VmHWM) is peak_mem_mb and which is not timed, then
   perf_counter repeats. Unlike sweep.py this runs in-process (a fresh process per
@@ -24,9 +25,9 @@ Same helpers and conventions as bench/sweep.py (bench/common.py):
 - FLOPs: ``NLSN.flops`` counts them analytically, 2 per multiply-accumulate (the
   convention of torch.utils.flop_counter, which the tests check it against on the torch
   backend; FlopCounterMode cannot see the Triton kernels): every convolution, NLSA's
-  hash projections and its chunked attention (each query against its 3 * chunk_size
-  candidates per round). Biases, activations, softmax and normalisations are not counted.
-  The count is the algorithm's, so both providers get the same value.
+  hash projections and its chunked attention (each sorted row, the padding rows of the
+  last chunk included, against its 3 * chunk_size candidates per round). Biases,
+  activations, softmax and normalisations are not counted. The count is the algorithm's, so both providers get the same value.
 
 CSV schema: that of sweep.csv (bench/common.py CSV_COLUMNS), mode "fwd", metrics time_ms,
 peak_mem_mb and gflops (median = the count in GFLOPs, no p20/p80), channels = n_feats,
@@ -43,7 +44,6 @@ The paper's Table 3 (RTX 2070; scale and memory definition not stated): NLSN 142
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 import time
@@ -55,13 +55,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from common import (  # noqa: E402
-    BENCH_DIR, MB, CsvWriter, cpu_repeats, cpu_time_ms, device_name, device_slug,
-    free_cuda, git_commit, gpu_peak_mb, gpu_time_ms, now_iso, outcome, parse_dtype, parse_size,
-    proc_status_kb, reset_peak_rss, resolve_device, same_status, short_reason, triton_version,
+    BENCH_DIR, DEFAULT_CPU_THREADS, MB, CsvWriter, cpu_first_call, cpu_repeats, cpu_time_ms,
+    device_name, device_slug, free_cuda, git_commit, gpu_peak_mb, gpu_time_ms, now_iso, outcome, parse_dtype, parse_size,
+    resolve_device, same_status, short_reason, triton_unavailable_reason, triton_version,
 )
 
 PROVIDERS = {"nlsn_triton": "triton", "nlsn_torch": "torch"}
-METRICS = ("time_ms", "peak_mem_mb", "gflops")
 MODE = "fwd"
 SIZES = (100, 150)
 PAPER_CONFIG = dict(n_feats=256, n_resblocks=32)
@@ -93,6 +92,7 @@ class Settings:
     cpu_max_reps: int
     gpu_warmup_ms: int
     gpu_rep_ms: int
+    threads: int | None = None  # CPU: torch threads of the measurements; None on GPU
     seed: int = 0
 
     @property
@@ -130,7 +130,12 @@ def parse_args(argv):
                    help="default: cuda when available, else cpu")
     p.add_argument("--seed", type=int, default=0, help="weights, input and rotations (default 0)")
     p.add_argument("--out", help="output folder; default bench/results/<device-slug>/")
+    p.add_argument("--threads", type=int,
+                   help=f"CPU: torch threads (default {DEFAULT_CPU_THREADS}, so that times repeat on a "
+                        "shared machine; unused on GPU)")
     args = p.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
     bad = [v for v in args.providers or [] if v not in PROVIDERS]
     if bad:
         p.error(f"unknown providers {bad}; choose from {', '.join(PROVIDERS)}")
@@ -153,21 +158,11 @@ def make_settings(args) -> Settings:
         providers=args.providers or list(PROVIDERS), scale=args.scale, n_hashes=args.n_hashes,
         chunk_size=args.chunk_size, res_scale=args.res_scale, dtype=args.dtype, batch=args.batch,
         quick=quick, seed=args.seed, **config, **timing,
+        threads=None if device == "cuda" else (args.threads or DEFAULT_CPU_THREADS),
     )
 
 
 # ---------------------------------------------------------------------------- measurement
-
-def unavailable_reason(provider: str, device: str) -> str | None:
-    if PROVIDERS[provider] == "triton":
-        from nlsa_triton._backend import interpreter_enabled
-
-        if device != "cuda":
-            return "Triton kernels need CUDA; the Triton interpreter is never timed"
-        if interpreter_enabled():
-            return "TRITON_INTERPRET=1 is set; the Triton interpreter is never timed"
-    return None
-
 
 def build_model(s: Settings):
     from nlsa_triton.models import NLSN
@@ -219,22 +214,9 @@ def measure_cpu(model, s: Settings, height: int, width: int) -> dict:
     try:
         _forward(model, s, WARMUP_SIDE, WARMUP_SIDE)()
         fn = _forward(model, s, height, width)
-        gc.collect()
-        hwm_reset = reset_peak_rss()
-        before = proc_status_kb("VmRSS", "VmHWM")
-        start = time.perf_counter()
-        fn()  # the warm-up call at this size: its peak is the memory reading, it is not timed
-        first_s = time.perf_counter() - start
-        after = proc_status_kb("VmHWM")
+        first_s, result = cpu_first_call(fn)  # the untimed warm-up at this size, and the memory reading
     except Exception as exc:  # noqa: BLE001
         return same_status(*outcome(exc))
-    result = {"reason": ""}
-    if "VmHWM" in after and "VmRSS" in before:
-        base = before["VmRSS"] if hwm_reset else max(before["VmRSS"], before.get("VmHWM", 0))
-        result["mem"] = {"status": "ok", "median": max(0, after["VmHWM"] - base) * 1024 / MB}
-    else:
-        result["mem"] = {"status": "not_measured"}
-        result["reason"] = "no /proc/self/status: memory not measured"
     try:
         repeats = cpu_repeats(first_s, target_s=s.cpu_target_s, min_reps=s.cpu_min_reps,
                               max_reps=s.cpu_max_reps)
@@ -310,7 +292,9 @@ def render_table(s: Settings, results: dict, meta: dict, info: dict) -> str:
 
 
 def run(s: Settings, out_dir: Path, say) -> dict:
-    meta = dict(device=device_name(s.device), torch=torch.__version__, triton=triton_version(),
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    meta = dict(device=device_name(s.device, s.threads), torch=torch.__version__, triton=triton_version(),
                 commit=git_commit())
     model = build_model(s)
     params = sum(p.numel() for p in model.parameters())
@@ -336,17 +320,15 @@ def run(s: Settings, out_dir: Path, say) -> dict:
             model.set_backend(PROVIDERS[provider])
             for h, w in s.sizes:
                 gflops = info["flops"][f"{h}x{w}"]["total"] / 1e9
-                reason = unavailable_reason(provider, s.device)
+                reason = triton_unavailable_reason(s.device) if PROVIDERS[provider] == "triton" else None
                 if reason:
                     result = same_status("skipped", reason)
                 else:
-                    start = time.monotonic()
                     try:
                         result = (measure_gpu if s.device == "cuda" else measure_cpu)(model, s, h, w)
                     except Exception as exc:  # noqa: BLE001 - a status, not a crash
                         result = same_status("error", short_reason(exc))
                     result.setdefault("reason", "")
-                    result["seconds"] = time.monotonic() - start
                 for row in rows_for(provider, s, h, w, result, gflops, meta):
                     writer.write(row)
                 cell = {k: (m["median"] if m.get("status") == "ok" else m.get("status"))

@@ -20,11 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import read_csv  # noqa: E402
+from providers import HASHED, PROVIDERS  # noqa: E402
 
-PROVIDER_ORDER = ("nlsa_triton", "nlsa_torch", "nla_torch", "nla_sdpa", "criss_cross")
 COLORS = {"nlsa_triton": "tab:red", "nlsa_torch": "tab:orange", "nla_torch": "tab:blue",
           "nla_sdpa": "tab:cyan", "criss_cross": "tab:green"}
-HASHED = ("nlsa_triton", "nlsa_torch")
 PREFERRED_HASHES = 4
 
 
@@ -63,7 +62,8 @@ def _figure(plt, modes, channels, title):
 
 
 def _series(rows, provider, mode, channels, n_hashes):
-    """{pixels: row} for one line, the largest batch-1 square-or-not maps alike."""
+    """{pixels: row} of one plotted line: one provider, mode and channels (and, for the
+    hashed providers, n_hashes), keyed by H * W and sorted by it."""
     out = {}
     for r in rows:
         if (r["provider"], r["mode"], r["channels"]) == (provider, mode, channels) and (
@@ -93,7 +93,7 @@ def _versus_pixels(plt, rows, dtype, metric, ylabel, path, written):
     for i, mode in enumerate(modes):
         for j, ch in enumerate(channels):
             ax = axes[i][j]
-            for provider in PROVIDER_ORDER:
+            for provider in PROVIDERS:
                 s = _series(data, provider, mode, ch, ref)
                 if not s:
                     continue
@@ -141,7 +141,7 @@ def _speedup(plt, rows, dtype, path, written, notes):
         for j, ch in enumerate(channels):
             ax = axes[i][j]
             base = _series(data, "nlsa_triton", mode, ch, ref)
-            for provider in PROVIDER_ORDER:
+            for provider in PROVIDERS:
                 if provider == "nlsa_triton":
                     continue
                 other = _series(data, provider, mode, ch, ref)

@@ -25,14 +25,13 @@ a fixed grad_out (an input); gradients are set to None at the start of every cal
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from common import Skip
+from common import Skip, triton_unavailable_reason
 
 PROVIDERS = ("nlsa_triton", "nlsa_torch", "nla_torch", "nla_sdpa", "criss_cross")
 HASHED = ("nlsa_triton", "nlsa_torch")  # providers with n_hashes and chunk_size
@@ -85,15 +84,7 @@ def unavailable_reason(provider: str, device: str) -> str | None:
     if provider not in PROVIDERS:
         return f"unknown provider {provider!r}"
     if provider == "nlsa_triton":
-        if device != "cuda":
-            return "Triton kernels need CUDA; the Triton interpreter is never timed"
-        if os.environ.get("TRITON_INTERPRET", "0") == "1":
-            return "TRITON_INTERPRET=1 is set; the Triton interpreter is never timed"
-    if provider == "criss_cross":
-        import nlsa_triton
-
-        if getattr(nlsa_triton, "CrissCrossAttention", None) is None:
-            return "nlsa_triton.CrissCrossAttention is not importable in this checkout"
+        return triton_unavailable_reason(device)
     return None
 
 

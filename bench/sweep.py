@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from common import (  # noqa: E402
-    BENCH_DIR, CsvWriter, device_name, device_slug, free_cuda, git_commit,
+    BENCH_DIR, DEFAULT_CPU_THREADS, CsvWriter, device_name, device_slug, free_cuda, git_commit,
     gpu_peak_mb, gpu_time_ms, now_iso, outcome, parse_dtype, parse_size, resolve_device, same_status,
     triton_version,
 )
@@ -37,20 +37,20 @@ from providers import (  # noqa: E402
 
 GPU_SIDES = (50, 100, 150, 256, 512, 1024, 2048)
 CPU_SIDES = (50, 100, 150)
-CPU_GRID_NOTE = ("CPU default grid thinned with size: 50x50 all of it, 100x100 all but fwd_bwd at "
-                 "channels > 64, 150x150 only fwd at channels 64")
+CPU_THINNING = "50x50 all of it, 100x100 all but fwd_bwd at channels 256, 150x150 only fwd at channels 64"
+QUICK_SIDES = (24, 32)
 
 
 def cpu_default_keeps(height: int, width: int, mode: str, channels: int) -> bool:
-    """The CPU default thins its grid as maps grow (fwd at channels 64 is Table 2's setting),
-    so that `python bench/sweep.py` on a 2-core machine ends well under 5 minutes."""
+    """The CPU default grid (channels 64 and 256, both modes) thins as maps grow (fwd at
+    channels 64 is Table 2's setting), so that `python bench/sweep.py` on a 2-core machine
+    ends well under 5 minutes. CPU_THINNING says the same in words."""
     side = max(height, width)
     if side <= 50:
         return True
     if side <= 100:
-        return not (mode == "fwd_bwd" and channels > 64)
+        return not (mode == "fwd_bwd" and channels == 256)
     return mode == "fwd" and channels == 64
-QUICK_SIDES = (24, 32)
 
 
 @dataclass
@@ -72,7 +72,7 @@ class Settings:
     cpu_max_reps: int
     gpu_warmup_ms: int
     gpu_rep_ms: int
-    threads: int | None = None
+    threads: int | None = None  # CPU: torch threads per measurement; None on GPU
     seed: int = 0
 
 
@@ -92,8 +92,8 @@ def parse_args(argv):
                         "few repeats")
     p.add_argument("--sizes", type=lambda s: _list(s, parse_size),
                    help="comma-separated sides (square maps, e.g. 50,100,150) or HxW; default: CPU "
-                        f"{','.join(map(str, CPU_SIDES))} (thinned: 100x100 without fwd_bwd at channels 256, "
-                        f"150x150 only fwd at channels 64), GPU {','.join(map(str, GPU_SIDES))}")
+                        f"{','.join(map(str, CPU_SIDES))}, GPU {','.join(map(str, GPU_SIDES))}. On CPU, "
+                        f"unless --sizes, --channels or --modes is given, the grid is thinned: {CPU_THINNING}")
     p.add_argument("--providers", type=_list,
                    help=f"comma-separated, default all: {','.join(PROVIDERS)}")
     p.add_argument("--n-hashes", type=lambda s: _list(s, int), help="for the NLSA providers; default 1,2,4,8")
@@ -112,9 +112,12 @@ def parse_args(argv):
                    help="seconds; once spent, the remaining configurations are recorded as skipped "
                         "(default: CPU 240, GPU 540; 0: no budget)")
     p.add_argument("--threads", type=int,
-                   help="CPU: torch threads per measurement (default: torch's default, one per core)")
+                   help=f"CPU: torch threads per measurement (default {DEFAULT_CPU_THREADS}, so that times "
+                        "repeat on a shared machine; unused on GPU)")
     p.add_argument("--no-plots", action="store_true", help="write sweep.csv and table.md only")
     args = p.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
     for name, allowed in (("providers", PROVIDERS), ("modes", MODES)):
         bad = [v for v in getattr(args, name) or [] if v not in allowed]
         if bad:
@@ -146,8 +149,9 @@ def make_settings(args) -> Settings:
         chunk_size=args.chunk_size,
         max_call_ms=args.max_call_ms if args.max_call_ms is not None else (1000.0 if gpu else 20000.0),
         time_budget_s=args.time_budget if args.time_budget is not None else (540.0 if gpu else 240.0),
-        cpu_grid_restricted=not gpu and not args.quick and args.sizes is None,
-        threads=args.threads,
+        # The thinning is a property of the default grid: any grid the user chooses runs whole.
+        cpu_grid_restricted=not (gpu or args.quick or args.sizes or args.channels or args.modes),
+        threads=None if gpu else (args.threads or DEFAULT_CPU_THREADS),
         **timing,
     )
 
@@ -317,12 +321,12 @@ def run_sweep(s: Settings, out_dir: Path, say) -> Counter:
         f"{','.join(f'{h}x{w}' for h, w in s.sizes)}; channels {s.channels}; n_hashes {s.n_hashes}; "
         f"dtypes {s.dtypes}; modes {s.modes}; chunk {s.chunk_size}; max call {s.max_call_ms:g} ms; "
         f"time budget {s.time_budget_s:g} s"
-        + (f"; {CPU_GRID_NOTE}" if s.cpu_grid_restricted else ""))
+        + (f"; CPU default grid thinned with size: {CPU_THINNING}" if s.cpu_grid_restricted else ""))
     if s.device == "cuda":
         say(f"# GPU: do_bench(warmup={s.gpu_warmup_ms} ms, rep={s.gpu_rep_ms} ms), memory = peak allocated "
             f"- allocated before; TF32 matmuls {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}")
     else:
-        say(f"# CPU: {s.threads or torch.get_num_threads()} threads; time: median of {s.cpu_min_reps}-{s.cpu_max_reps} "
+        say(f"# CPU: {s.threads} torch threads; time: median of {s.cpu_min_reps}-{s.cpu_max_reps} "
             f"perf_counter repeats after a warm-up call; memory: peak RSS growth of a fresh process")
     writer = CsvWriter(out_dir / "sweep.csv")
     runner = GpuRunner(s) if s.device == "cuda" else CpuRunner(s)

@@ -85,7 +85,7 @@ def attention_maps(
     xa = x.to(acc)
     keys = F.normalize(xa, p=2, dim=-1, eps=KEY_NORM_EPS)
     scores_all = torch.einsum("nld,nd->nl", keys, xa[:, query_index])  # (N, L)
-    scores = scores_all.gather(1, pixels.flatten(1)).view_as(pixels).to(acc)
+    scores = scores_all.gather(1, pixels.flatten(1)).view_as(pixels)
     lse = torch.logsumexp(scores, dim=-1)  # (N, R)
     weights = torch.exp(scores - lse.unsqueeze(-1))
     maps = torch.zeros((n, rounds, length), dtype=acc, device=x.device).scatter_add(2, pixels, weights)

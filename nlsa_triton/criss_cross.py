@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from . import _validation as v
+from .modules import _check_feature_map
 
 __all__ = ["CrissCrossAttention", "criss_cross_attention"]
 
@@ -41,7 +42,7 @@ def criss_cross_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
     query, key: (N, d, H, W); value: (N, C, H, W). Pixel (h, w) attends to its column
     without itself and its row with itself, one softmax over the H + W candidates.
     """
-    n, _, h, w = query.shape
+    h = query.shape[2]
     energy_h = torch.einsum("ndhw,ndgw->nhwg", query, key)  # column: (N, H, W, H)
     energy_w = torch.einsum("ndhw,ndhv->nhwv", query, key)  # row: (N, H, W, W)
     self_in_column = torch.eye(h, dtype=torch.bool, device=query.device).unsqueeze(1)  # (H, 1, H)
@@ -88,11 +89,7 @@ class CrissCrossAttention(nn.Module):
         return self.gamma * out + x
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        v.check_float_tensor(input, "input", 4, "(N, C, H, W)")
-        if input.shape[1] != self.channels:
-            raise ValueError(
-                f"input must have {self.channels} channels (N, C, H, W), got shape {tuple(input.shape)}"
-            )
+        _check_feature_map(input, self.channels, self)
         out = input
         for _ in range(self.recurrence):
             out = self._step(out)

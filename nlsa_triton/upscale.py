@@ -20,8 +20,8 @@ checkpoint's tensor shapes, and writes a PNG ``scale`` times larger.
   runs out of memory: then it is cut into PX x PX tiles (LR pixels), each run with a
   margin of ``--tile-overlap`` pixels (EDSR's chop uses 10) that is cropped away
   afterwards. NLSA is non-local, so a tiled result is close to, not equal to, the
-  whole-image one. On a CUDA out-of-memory error the image is retried in tiles, halving
-  the tile size until it fits.
+  whole-image one. On an out-of-memory error (CUDA's or the CPU allocator's) the image is
+  retried in tiles, halving the tile size until it fits or falls below 16 pixels.
 
 Exit status: 0 on success, 1 on an error (message on stderr), 2 on bad arguments.
 Needs Pillow (``pip install 'nlsa-triton[cli]'``).
@@ -37,8 +37,8 @@ from pathlib import Path
 import torch
 
 from ._backend import BACKENDS, resolve_backend
+from ._oom import is_out_of_memory
 from .models import NLSN
-from .models.nlsn import unwrap_state_dict
 
 MIN_AUTO_TILE = 16
 
@@ -106,8 +106,7 @@ def load_model(
         ) from e
     try:
         return NLSN.from_state_dict(
-            unwrap_state_dict(obj), n_hashes=n_hashes, chunk_size=chunk_size,
-            res_scale=res_scale, backend=backend,
+            obj, n_hashes=n_hashes, chunk_size=chunk_size, res_scale=res_scale, backend=backend
         )
     except ValueError as e:
         raise UpscaleError(f"{weights}: {e}") from e
@@ -175,12 +174,6 @@ def upscale_tensor(
         return out
 
 
-def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, torch.cuda.OutOfMemoryError) or (
-        isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
-    )
-
-
 def upscale_with_fallback(
     model: NLSN,
     lr: torch.Tensor,
@@ -203,17 +196,17 @@ def upscale_with_fallback(
         try:
             return upscale_tensor(model, lr, tile=tile, overlap=overlap, generator=generator(), progress=progress)
         except Exception as e:
-            if not _is_oom(e):
+            if not is_out_of_memory(e):
                 raise
             if lr.is_cuda:
                 torch.cuda.empty_cache()
             current = tile or max(lr.shape[-2:])
-            tile = 1 << max(0, math.ceil(math.log2(current)) - 1)  # next power of two below
-            if tile < MIN_AUTO_TILE:
-                raise UpscaleError(
-                    f"out of memory even in tiles of {MIN_AUTO_TILE} pixels on {lr.device}; "
-                    "try --device cpu"
-                ) from e
+            next_tile = 1 << max(0, math.ceil(math.log2(current)) - 1)  # next power of two below
+            if next_tile < MIN_AUTO_TILE:
+                tried = f"in tiles of {tile} x {tile} pixels" if tile else "on the whole image"
+                hint = "; try --device cpu" if lr.is_cuda else ""
+                raise UpscaleError(f"out of memory on {lr.device} even {tried}{hint}") from e
+            tile = next_tile
             print(f"out of memory on {lr.device}; retrying in tiles of {tile} x {tile} pixels "
                   f"(overlap {overlap})", file=sys.stderr, flush=True)
 
@@ -322,6 +315,11 @@ def run(args: argparse.Namespace) -> None:
         )
     except ValueError as e:  # e.g. backend="triton" on a CPU tensor
         raise UpscaleError(str(e)) from e
+    except Exception as e:  # an OOM the tile fallback could not avoid, e.g. moving the weights
+        if not is_out_of_memory(e):
+            raise
+        detail = str(e).split("\n", 1)[0] or type(e).__name__
+        raise UpscaleError(f"out of memory on {device}: {detail}") from e
     write_png(sr, args.output, rgb_range)
     if not args.quiet:
         _, _, h, w = lr.shape

@@ -143,3 +143,5 @@ def test_forward_validation():
         module(torch.randn(16, 4, 4))
     with pytest.raises(TypeError, match="floating"):
         module(torch.ones(1, 16, 4, 4, dtype=torch.int64))
+    with pytest.raises(TypeError, match="parameters' dtype"):
+        module(torch.randn(1, 16, 4, 4, dtype=torch.float64))

@@ -125,6 +125,11 @@ def test_from_state_dict_rejects_other_checkpoints():
     broken = dict(sd, **{"tail.0.0.weight": torch.zeros(20, 8, 3, 3)})
     with pytest.raises(ValueError, match="output channels"):
         NLSN.from_state_dict(broken)
+    broken = dict(sd, **{"tail.0.foo.weight": torch.zeros(32, 8, 3, 3)})
+    with pytest.raises(ValueError, match=r"upsampler keys must be 'tail.0.<index>.weight', got tail.0.foo.weight"):
+        NLSN.from_state_dict(broken)
+    # infer_config takes the same wrapped forms as from_state_dict.
+    assert NLSN.infer_config({"model": {"module." + k: t for k, t in sd.items()}})["scale"] == 2
 
 
 def test_constructor_validation():
@@ -205,7 +210,9 @@ def test_triton_backend_matches_reference_network(device):
     assert rel_err(other_seed, ref) > 1e-3
 
 
-@pytest.mark.parametrize("scale,h,w", [(4, 10, 12), (3, 4, 5)])  # L > chunk_size, and one chunk
+# L = 120 fills 5 chunks of 24 exactly; L = 20 is one chunk; L = 25 and 63 pad the sorted
+# rows to 2 and 3 chunks, and those padding rows are computed too.
+@pytest.mark.parametrize("scale,h,w", [(4, 10, 12), (3, 4, 5), (2, 5, 5), (2, 7, 9)])
 def test_flops_match_torch_flop_counter(scale, h, w):
     """The analytic count against FlopCounterMode on the reference backend, whose convs are
     aten.convolution and whose hash and chunked attention are einsums (aten.bmm)."""

@@ -150,17 +150,67 @@ def test_oom_falls_back_to_tiles(files, monkeypatch, capsys):
     expected = upscale.upscale_tensor(model, lr, tile=16, overlap=0, generator=torch.Generator().manual_seed(0))
     assert torch.equal(sr, expected)  # the retry starts from a freshly seeded generator
     limit[0] = 0
-    with pytest.raises(upscale.UpscaleError, match="out of memory even in tiles of 16"):
+    with pytest.raises(upscale.UpscaleError, match="out of memory on cpu even in tiles of 16 x 16 pixels"):
         upscale.upscale_with_fallback(model, lr, tile=None, overlap=0, seed=0, progress=False)
+    with pytest.raises(upscale.UpscaleError, match="even in tiles of 12 x 12 pixels"):  # the last size tried
+        upscale.upscale_with_fallback(model, lr, tile=12, overlap=0, seed=0, progress=False)
 
 
-def test_auto_backend_runs_the_triton_path(files, capsys):
+CPU_OOM = "DefaultCPUAllocator: can't allocate memory: you tried to allocate 68719476736 bytes."
+
+
+def test_cpu_allocator_oom_falls_back_to_tiles(files, monkeypatch, capsys):
+    """torch's CPU allocator raises a plain RuntimeError, not torch.OutOfMemoryError."""
+    model = NLSN.from_state_dict(torch.load(files["weights"]), chunk_size=16, backend="torch").eval()
+    real_forward = model.forward
+
+    def forward(x, **kw):
+        if x.shape[-1] * x.shape[-2] > 16 * 16:
+            raise RuntimeError(CPU_OOM)
+        return real_forward(x, **kw)
+
+    monkeypatch.setattr(model, "forward", forward)
+    lr = torch.rand(1, 3, 40, 40)
+    sr = upscale.upscale_with_fallback(model, lr, tile=None, overlap=0, seed=0, progress=False)
+    assert "retrying in tiles of 16" in capsys.readouterr().err
+    expected = upscale.upscale_tensor(model, lr, tile=16, overlap=0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sr, expected)
+
+
+def test_oom_that_survives_the_fallback_is_a_clear_error(files, monkeypatch, capsys):
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError(CPU_OOM)
+
+    monkeypatch.setattr(upscale, "upscale_tensor", out_of_memory)
+    code, err = _run([files["png"], files["out"], "--weights", files["weights"], "--backend", "torch",
+                      "--tile", 20], capsys)
+    assert code == 1 and "error: out of memory on cpu even in tiles of 16 x 16 pixels" in err
+    assert "Traceback" not in err and not files["out"].exists()
+    # An OOM outside the tiled runs (here: moving the weights to the device) is reported too.
+    monkeypatch.setattr(NLSN, "to", out_of_memory)
+    code, err = _run([files["png"], files["out"], "--weights", files["weights"], "--backend", "torch"], capsys)
+    assert code == 1 and "error: out of memory on cpu: DefaultCPUAllocator: can't allocate memory" in err
+
+
+def test_auto_backend_runs_the_triton_path(files, capsys, monkeypatch):
     """Under TRITON_INTERPRET=1 (no GPU) or on CUDA, backend auto is the Triton kernels."""
+    from nlsa_triton import _ops
+
+    calls = []
+    kernel_attention = _ops.chunked_attention
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return kernel_attention(*args, **kwargs)
+
+    monkeypatch.setattr(_ops, "chunked_attention", counted)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     code, err = _run([files["png"], files["out"], "--weights", files["weights"], "--seed", 0,
                       "--device", device, "--chunk-size", 16], capsys)
     assert code == 0, err
     assert "NLSA backend triton" in err
+    n_attention = len(NLSN.from_state_dict(torch.load(files["weights"])).attention_blocks)
+    assert len(calls) == n_attention  # every NLSA block ran the kernels, once
     assert _read(files["out"])[2].shape == (2 * LR_H, 2 * LR_W, 3)
 
 

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .. import _validation as v
-from .._backend import BACKENDS
+from .._backend import check_backend
 from ..buckets import chunk_layout, num_buckets
 from ..modules import NonLocalSparseAttention
 
@@ -152,8 +152,7 @@ class NLSN(nn.Module):
             raise ValueError(f"n_colors must be 3 (NLSN's MeanShift is RGB), got {n_colors!r}")
         if not isinstance(rgb_range, numbers.Real) or isinstance(rgb_range, bool) or not rgb_range > 0:
             raise ValueError(f"rgb_range must be a positive number, got {rgb_range!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        check_backend(backend)
         self.scale, self.n_feats, self.n_resblocks = scale, n_feats, n_resblocks
         self.n_hashes, self.chunk_size, self.res_scale = n_hashes, chunk_size, res_scale
         self.rgb_range, self.n_colors = rgb_range, n_colors
@@ -190,8 +189,7 @@ class NLSN(nn.Module):
 
     def set_backend(self, backend: str) -> "NLSN":
         """Switch every NLSA block to ``backend`` ("auto", "triton" or "torch"); returns self."""
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        check_backend(backend)
         for m in self.attention_blocks:
             m.backend = backend
         return self
@@ -238,9 +236,10 @@ class NLSN(nn.Module):
         activations, PixelShuffle, softmax exponentials and normalisations are not counted.
         Returns ``conv`` (every convolution, the MeanShifts and NLSA's embedding convs
         included), ``attention`` (NLSA's hash projections x @ rotations, 2 * L * d * B/2
-        per round, and its chunked attention, 2 * L * 3K * (d + c) per round: each query
-        scores 3K candidates, duplicates counted as NLSN computes them, K = min(chunk_size,
-        L)) and ``total``. The same number for both backends: it counts the algorithm.
+        per round, and its chunked attention, 2 * (L + P) * 3K * (d + c) per round: each of
+        the L + P sorted rows, the P padding rows included since NLSN computes them too,
+        scores 3K candidates, duplicates counted, K = min(chunk_size, L)) and ``total``.
+        The same number for both backends: it counts the algorithm.
         """
         h, w = v.check_positive_int(height, "height"), v.check_positive_int(width, "width")
         batch = v.check_positive_int(batch, "batch")
@@ -256,9 +255,10 @@ class NLSN(nn.Module):
             if isinstance(m, NonLocalSparseAttention):
                 conv += conv_flops(m.conv_match[0], length) + conv_flops(m.conv_assembly[0], length)
                 d, c = m.conv_match[0].out_channels, m.conv_assembly[0].out_channels
-                keys = 3 * chunk_layout(length, m.chunk_size).chunk
+                layout = chunk_layout(length, m.chunk_size)
+                sorted_rows, keys = layout.n_chunks * layout.chunk, 3 * layout.chunk
                 half = num_buckets(length, m.chunk_size) // 2
-                attention += 2 * batch * m.n_hashes * length * (d * half + keys * (d + c))
+                attention += 2 * batch * m.n_hashes * (length * d * half + sorted_rows * keys * (d + c))
             elif isinstance(m, ResBlock):
                 conv += conv_flops(m.body[0], length) + conv_flops(m.body[2], length)
             else:
@@ -285,49 +285,11 @@ class NLSN(nn.Module):
     def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict:
         """scale, n_feats, n_resblocks, n_colors and rgb_range from an NLSN state_dict's shapes.
 
-        Raises ``ValueError`` (naming what is wrong) for a state_dict that is not NLSN's.
-        n_hashes, chunk_size and res_scale are not stored in a checkpoint.
+        Accepts the same wrapped forms as ``from_state_dict``. Raises ``ValueError`` (naming
+        what is wrong) for a state_dict that is not NLSN's. n_hashes, chunk_size and res_scale
+        are not stored in a checkpoint.
         """
-        state_dict = _strip_prefix(unwrap_state_dict(state_dict))
-        head = state_dict.get("head.0.weight")
-        if not isinstance(head, torch.Tensor) or head.dim() != 4:
-            raise ValueError(
-                "not an NLSN state_dict: no 4-d 'head.0.weight' tensor "
-                f"(first keys: {_first_keys(state_dict)})"
-            )
-        n_feats, n_colors = int(head.shape[0]), int(head.shape[1])
-        n_resblocks = sum(1 for k in state_dict if _is_resblock_key(k))
-        if n_resblocks == 0:
-            raise ValueError("not an NLSN state_dict: no residual blocks ('body.<i>.body.0.weight')")
-        ups = sorted(
-            int(k.split(".")[2]) for k in state_dict
-            if k.startswith("tail.0.") and k.endswith(".weight") and k.count(".") == 3
-        )
-        first = state_dict.get("tail.0.0.weight")
-        if not ups or not isinstance(first, torch.Tensor) or first.dim() != 4:
-            raise ValueError("not an NLSN state_dict: no upsampler ('tail.0.0.weight')")
-        if first.shape[0] == 9 * n_feats:
-            scale = 3
-        elif first.shape[0] == 4 * n_feats:
-            scale = 2 ** len(ups)
-        else:
-            raise ValueError(
-                f"not an NLSN state_dict: 'tail.0.0.weight' has {first.shape[0]} output channels, "
-                f"expected 4 * n_feats = {4 * n_feats} or 9 * n_feats = {9 * n_feats}"
-            )
-        bias = state_dict.get("sub_mean.bias")
-        if not isinstance(bias, torch.Tensor) or bias.shape != (3,):
-            raise ValueError("not an NLSN state_dict: no 3-element 'sub_mean.bias'")
-        ranges = -bias.double().cpu() / torch.tensor(RGB_MEAN, dtype=torch.float64)
-        rgb_range = float(ranges.mean())
-        if not rgb_range > 0 or float((ranges - rgb_range).abs().max()) > 1e-3 * rgb_range:
-            raise ValueError(
-                f"'sub_mean.bias' {bias.tolist()} is not -rgb_range * DIV2K mean {RGB_MEAN}: "
-                "not an NLSN/EDSR mean shift"
-            )
-        if abs(rgb_range - round(rgb_range)) < 1e-3 * rgb_range:
-            rgb_range = int(round(rgb_range))
-        return dict(scale=scale, n_feats=n_feats, n_resblocks=n_resblocks, n_colors=n_colors, rgb_range=rgb_range)
+        return _infer_config(_checkpoint_state_dict(state_dict))
 
     @classmethod
     def from_state_dict(
@@ -347,8 +309,8 @@ class NLSN(nn.Module):
         (DataParallel). n_hashes, chunk_size and res_scale are not in a checkpoint: the
         defaults are the paper's. Raises ``ValueError`` when it is not an NLSN state_dict.
         """
-        state_dict = _strip_prefix(unwrap_state_dict(state_dict))
-        config = cls.infer_config(state_dict)
+        state_dict = _checkpoint_state_dict(state_dict)
+        config = _infer_config(state_dict)
         model = cls(
             config["scale"], n_feats=config["n_feats"], n_resblocks=config["n_resblocks"],
             n_hashes=n_hashes, chunk_size=chunk_size, res_scale=res_scale,
@@ -374,6 +336,58 @@ class NLSN(nn.Module):
             )
         model.load_state_dict(state_dict, strict=True)
         return model
+
+
+def _checkpoint_state_dict(obj) -> Mapping[str, torch.Tensor]:
+    """The plain state_dict of a checkpoint: unwrapped, without DataParallel's ``module.`` prefix."""
+    return _strip_prefix(unwrap_state_dict(obj))
+
+
+def _infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """``NLSN.infer_config`` on a plain state_dict (see ``_checkpoint_state_dict``)."""
+    head = state_dict.get("head.0.weight")
+    if not isinstance(head, torch.Tensor) or head.dim() != 4:
+        raise ValueError(
+            "not an NLSN state_dict: no 4-d 'head.0.weight' tensor "
+            f"(first keys: {_first_keys(state_dict)})"
+        )
+    n_feats, n_colors = int(head.shape[0]), int(head.shape[1])
+    n_resblocks = sum(1 for k in state_dict if _is_resblock_key(k))
+    if n_resblocks == 0:
+        raise ValueError("not an NLSN state_dict: no residual blocks ('body.<i>.body.0.weight')")
+    upsampler_convs = [
+        k for k in state_dict if k.startswith("tail.0.") and k.endswith(".weight") and k.count(".") == 3
+    ]
+    malformed = [k for k in upsampler_convs if not k.split(".")[2].isdigit()]
+    if malformed:
+        raise ValueError(
+            f"not an NLSN state_dict: upsampler keys must be 'tail.0.<index>.weight', got {_few(malformed)}"
+        )
+    first = state_dict.get("tail.0.0.weight")
+    if not isinstance(first, torch.Tensor) or first.dim() != 4:
+        raise ValueError("not an NLSN state_dict: no upsampler ('tail.0.0.weight')")
+    if first.shape[0] == 9 * n_feats:
+        scale = 3
+    elif first.shape[0] == 4 * n_feats:
+        scale = 2 ** len(upsampler_convs)
+    else:
+        raise ValueError(
+            f"not an NLSN state_dict: 'tail.0.0.weight' has {first.shape[0]} output channels, "
+            f"expected 4 * n_feats = {4 * n_feats} or 9 * n_feats = {9 * n_feats}"
+        )
+    bias = state_dict.get("sub_mean.bias")
+    if not isinstance(bias, torch.Tensor) or bias.shape != (3,):
+        raise ValueError("not an NLSN state_dict: no 3-element 'sub_mean.bias'")
+    ranges = -bias.double().cpu() / torch.tensor(RGB_MEAN, dtype=torch.float64)
+    rgb_range = float(ranges.mean())
+    if not rgb_range > 0 or float((ranges - rgb_range).abs().max()) > 1e-3 * rgb_range:
+        raise ValueError(
+            f"'sub_mean.bias' {bias.tolist()} is not -rgb_range * DIV2K mean {RGB_MEAN}: "
+            "not an NLSN/EDSR mean shift"
+        )
+    if abs(rgb_range - round(rgb_range)) < 1e-3 * rgb_range:
+        rgb_range = int(round(rgb_range))
+    return dict(scale=scale, n_feats=n_feats, n_resblocks=n_resblocks, n_colors=n_colors, rgb_range=rgb_range)
 
 
 def unwrap_state_dict(obj) -> Mapping[str, torch.Tensor]:

@@ -320,3 +320,10 @@ def resolve_device(requested: str) -> str:
 def same_status(status: str, reason: str = "") -> dict:
     """A measurement result whose time and memory share one non-ok status."""
     return {"time": {"status": status}, "mem": {"status": status}, "reason": reason}
+
+
+def results_dir(out: str | None, device: str) -> Path:
+    """--out, or bench/results/<device-slug>/ by default; created if missing."""
+    path = Path(out) if out else BENCH_DIR / "results" / device_slug(device)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -55,8 +55,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from common import (  # noqa: E402
-    BENCH_DIR, DEFAULT_CPU_THREADS, MB, CsvWriter, cpu_first_call, cpu_repeats, cpu_time_ms,
-    device_name, device_slug, free_cuda, git_commit, gpu_peak_mb, gpu_time_ms, now_iso, outcome, parse_dtype, parse_size,
+    results_dir,
+    DEFAULT_CPU_THREADS, MB, CsvWriter, cpu_first_call, cpu_repeats, cpu_time_ms,
+    device_name, free_cuda, git_commit, gpu_peak_mb, gpu_time_ms, now_iso, outcome, parse_dtype, parse_size,
     resolve_device, same_status, short_reason, triton_unavailable_reason, triton_version,
 )
 
@@ -350,8 +351,7 @@ def run(s: Settings, out_dir: Path, say) -> dict:
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     s = make_settings(args)
-    out_dir = Path(args.out) if args.out else BENCH_DIR / "results" / device_slug(s.device)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = results_dir(args.out, s.device)
     start = time.monotonic()
     run(s, out_dir, lambda line: print(line, flush=True))
     print(f"# wrote {s.stem}.csv, {s.stem}.json, {s.stem}.md into {out_dir} "

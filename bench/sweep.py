@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from common import (  # noqa: E402
-    BENCH_DIR, DEFAULT_CPU_THREADS, CsvWriter, device_name, device_slug, free_cuda, git_commit,
+    results_dir,
+    BENCH_DIR, DEFAULT_CPU_THREADS, CsvWriter, device_name, free_cuda, git_commit,
     gpu_peak_mb, gpu_time_ms, now_iso, outcome, parse_dtype, parse_size, resolve_device, same_status,
     triton_version,
 )
@@ -363,8 +364,7 @@ def run_sweep(s: Settings, out_dir: Path, say) -> Counter:
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     s = make_settings(args)
-    out_dir = Path(args.out) if args.out else BENCH_DIR / "results" / device_slug(s.device)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = results_dir(args.out, s.device)
     start = time.monotonic()
     with open(out_dir / "sweep.log", "w") as log:
         def say(line: str) -> None:

@@ -1,69 +1,105 @@
-"""Tile geometry shared by the chunked-attention kernels.
+"""The ring layout the attention kernels read, and their tile geometry.
 
-Triton tiles are powers of two while NLSN's chunk is 144. Queries are tiled inside one
-chunk; a query's 3K candidate keys are walked as one flat range [0, 3K) (chunk j, then
-j - 1, then j + 1), so key tiles straddle chunk boundaries and only the end of that range
-is masked (3 * 144 = 432 = 7 tiles of 64, 96% of lanes busy).
+Each round is staged once (``stage_round``) into contiguous buffers in *ring order*: the
+padded sorted sequence of L + P positions (spec section 4), with a copy of its last chunk
+before it and of its first chunk after it, so E = K + (L + P) + K rows:
+
+    ring row e holds padded position (e - K) mod (L + P)
+    query at sorted position q (q < L) is ring row K + q
+    its 3K candidates are ring rows [j K, j K + 3K), j = q // K
+
+so chunk j - 1, j and j + 1, wrap-around included, are one contiguous range of rows, and
+the multiset rule for one or two chunks holds by construction (with one chunk the range is
+three copies of it; with two it is chunk 1, 0, 1 or 0, 1, 0). Tiles are plain row blocks:
+a query tile may straddle two chunks, so its key range is the union of their ranges,
+[j0 K, (j1 + 3) K), and only the blocks at the ends of that range need a per-pair mask.
+
+Staged rows are padded to widths that are powers of two (x) or multiples of the channel
+tile (y), zero-filled, so the hot loops load whole rows without column masks.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
-
 
 # Module-level constants inside @triton.jit must be constexpr.
 LOG2E = tl.constexpr(1.4426950408889634)
 KEY_NORM_EPS = tl.constexpr(5e-5)
 
 
-def fitting_block(extent: int, candidates: tuple[int, ...], min_efficiency: float = 0.85) -> int:
-    """The largest block in ``candidates`` that covers ``extent`` with few masked lanes."""
-    for block in sorted(candidates, reverse=True):
-        if extent / (triton.cdiv(extent, block) * block) >= min_efficiency:
-            return block
-    return min(candidates)
+@dataclass(frozen=True)
+class RingLayout:
+    """Row counts of one round's ring buffers for L = ``length`` (spec section 4)."""
+
+    length: int
+    chunk: int
+    padding: int
+    n_chunks: int
+
+    @property
+    def rows(self) -> int:
+        return self.length + self.padding + 2 * self.chunk
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """One kernel's tiles: rows of the tile a program owns (``block_m``), rows per step of
+    its loop (``block_n``), padded widths of x (``block_d``) and of y (``padded_c``), the
+    channel tile (``block_c``) and the launch options."""
+
+    block_m: int
+    block_n: int
+    block_d: int
+    block_c: int
+    padded_c: int
+    num_warps: int
+    num_stages: int = 2
+
+    @property
+    def channel_tiles(self) -> int:
+        return self.padded_c // self.block_c
+
+    def options(self) -> dict:
+        return dict(num_warps=self.num_warps, num_stages=self.num_stages)
+
+
+def padded_width(d: int) -> int:
+    """x rows are padded to a power of two of at least 16 (the smallest tl.dot extent)."""
+    return max(16, triton.next_power_of_2(d))
+
+
+def padded_channels(c: int, block_c: int) -> int:
+    return triton.cdiv(c, block_c) * block_c
+
+
+def row_tile(chunk: int) -> int:
+    """Query (or key) tile rows: 64 rows fill one Hopper warpgroup's wgmma (M = 64); a
+    smaller chunk gets a smaller tile so that a tile spans at most two chunks."""
+    return max(16, min(64, triton.next_power_of_2(chunk + 1) // 2))
+
+
+def step_rows(chunk: int) -> int:
+    """Rows per loop step over a 3K-row candidate range (at least 16 for tl.dot)."""
+    return max(16, min(64, triton.next_power_of_2(3 * chunk)))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 products follow torch.backends.cuda.matmul.allow_tf32, as torch matmuls do."""
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
 
 
 @triton.jit
-def candidate_pixels(
-    perm_round,  # pointer to perm[n, r, :]
-    t,  # candidate indices in [0, 3 * CHUNK), any shape
-    chunk_index,  # the query chunk j (scalar)
-    length,
-    padding,
-    n_chunks,
-    CHUNK,
-):
-    """Pixel index (int64) of candidate t of the queries in chunk j, and its validity.
-
-    Candidate t lies in chunk j + (0, -1, +1)[t // CHUNK] (wrapping around) at offset
-    t % CHUNK; a padded position p >= L holds the pixel of sorted position p - P.
-    """
-    valid = t < 3 * CHUNK
-    which = t // CHUNK
-    shift = tl.where(which == 1, n_chunks - 1, tl.where(which == 2, 1, 0))
-    position = ((chunk_index + shift) % n_chunks) * CHUNK + t % CHUNK
-    position = tl.where(position >= length, position - padding, position)
-    pixel = tl.load(perm_round + position, mask=valid, other=0).to(tl.int64)
-    return pixel, valid
-
-
-@triton.jit
-def candidate_keys(x_n, stride_xl, perm_round, t, chunk_index, length, padding, n_chunks, CHUNK, offs_d, d_valid):
-    """Rows of x for candidates t of chunk j's queries (0 where invalid), read in place,
-    with their key scale 1 / max(||x||, eps), pixels and validity."""
-    pixel, valid = candidate_pixels(perm_round, t, chunk_index, length, padding, n_chunks, CHUNK)
-    k = tl.load(x_n + pixel[:, None] * stride_xl + offs_d[None, :], mask=valid[:, None] & d_valid[None, :], other=0.0)
-    k_f32 = k.to(tl.float32)
-    inv_norm = 1.0 / tl.maximum(tl.sqrt(tl.sum(k_f32 * k_f32, axis=1)), KEY_NORM_EPS)
-    return k, inv_norm, pixel, valid
-
-
-def dtype_variants(is_default: bool):
-    """(dtype, dot precision) pairs to compile ahead of time: every one for the default
-    problems, fp32 and fp16 for the others (bf16 and tf32 take the same code paths)."""
-    if is_default:
-        return ((torch.float32, "ieee"), (torch.float32, "tf32"), (torch.float16, "ieee"),
-                (torch.bfloat16, "ieee"))
-    return ((torch.float32, "ieee"), (torch.float16, "ieee"))
+def unmasked_steps(first_chunk, last_chunk, CHUNK, BLOCK_N: tl.constexpr):
+    """Loop steps of BLOCK_N rows over the key range [first_chunk K, (last_chunk + 3) K) of a
+    query tile whose queries lie in chunks first_chunk..last_chunk: steps [0, lo) and
+    [hi, total) hold pairs outside some query's neighbourhood and need a mask, steps
+    [lo, hi) are inside every query's neighbourhood. Returns (lo, hi, total)."""
+    total = tl.cdiv((last_chunk - first_chunk + 3) * CHUNK, BLOCK_N)
+    lo = tl.cdiv((last_chunk - first_chunk) * CHUNK, BLOCK_N)
+    hi = tl.maximum(lo, (3 * CHUNK) // BLOCK_N)
+    return lo, hi, total

@@ -1,16 +1,28 @@
 """Forward kernel of chunked attention across all hash rounds (spec sections 4-6).
 
-One launch per hash round; a program owns a tile of query positions in one chunk and
-one tile of value channels. It reads rows of x and y in place through perm (no sorted
-or tripled copies), normalises keys on the fly, and runs the softmax over the 3K
-candidates with fp32 accumulators.
+Per round: ``stage_round`` writes the round's rows in ring order (chunk_tiles), then one
+launch of ``_chunked_attention_fwd_kernel``. A program owns BLOCK_M consecutive sorted
+query positions (possibly straddling two chunks) and one tile of value channels, and walks
+the contiguous key rows of their chunks' neighbourhoods with fp32 accumulators: scores,
+exp2, then P @ V, all on whole row blocks (tensor cores for fp16 / bf16 / tf32).
 
 Rounds are combined without one output per round: the row maximum of every round is
 m_i = ||x_i|| (Cauchy-Schwarz, and the self key reaches it), so the unnormalised sums
-exp(s - m) y and exp(s - m) simply add up across rounds, in an fp32 buffer indexed by
-pixel. Within a round every pixel is the query of exactly one program, so the
-read-modify-write needs no atomics, and round order is fixed: the result is
-deterministic. The last round divides and writes the output and the log-sum-exp.
+exp(s - m) y and exp(s - m) add up across rounds in fp32 buffers indexed by pixel. Within
+a round a pixel is the query of one tile, and the row sums are read and written only by
+the channel tile pid_c == 0 (the last round, which writes none, lets every channel tile
+read them): no two programs of a launch touch an element one of them writes. Round order
+is fixed, so the result is deterministic. The last round divides and writes the output and
+the log-sum-exp.
+
+Non-finite values: a masked pair contributes exp(...) = 0 to P, but 0 * NaN is NaN in
+P @ V, so a non-finite value row inside a straddling tile's key range would reach the
+other chunk's queries. The staging pass flags such rows, and each round makes two
+launches over the same tiles: the fast one runs the tiles whose key range is finite, the
+exact one (one product per query chunk, the other chunks' keys zeroed, kept for that
+chunk's rows only) the rest, so a NaN
+or infinite pixel reaches exactly the queries that see it, as in the reference. Each tile
+runs in one launch; the exact launch's other programs only read the flags.
 """
 from __future__ import annotations
 
@@ -18,68 +30,137 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk_tiles import LOG2E, candidate_keys, dtype_variants, fitting_block
+from .chunk_tiles import (LOG2E, RingLayout, TileConfig, dot_precision, padded_channels, padded_width, row_tile,
+                          step_rows, unmasked_steps)
+from .stage_round import RingBuffers
+
+
+@triton.jit
+def _attend_step(acc, row_sum, q, m2, q_first_key, XS_n, YS_n, INV_n, e0, key_end, offs_n, offs_d, offs_c,
+                 CHUNK, BLOCK_D: tl.constexpr, PADDED_C: tl.constexpr, MASKED: tl.constexpr,
+                 EXACT_NONFINITE: tl.constexpr, first_chunk, last_chunk, DOT_PRECISION: tl.constexpr):
+    """Add one step of BLOCK_N key rows [e0, e0 + BLOCK_N) to the tile's sums."""
+    rows = e0 + offs_n
+    if MASKED:
+        in_range = rows < key_end
+        k = tl.load(XS_n + rows[:, None] * BLOCK_D + offs_d[None, :], mask=in_range[:, None], other=0.0)
+        inv_norm = tl.load(INV_n + rows, mask=in_range, other=0.0)
+        v = tl.load(YS_n + rows[:, None] * PADDED_C + offs_c[None, :], mask=in_range[:, None], other=0.0)
+    else:
+        k = tl.load(XS_n + rows[:, None] * BLOCK_D + offs_d[None, :])
+        inv_norm = tl.load(INV_n + rows)
+        v = tl.load(YS_n + rows[:, None] * PADDED_C + offs_c[None, :])
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+    p = tl.exp2(s * (inv_norm * LOG2E)[None, :] - m2[:, None])
+    if MASKED:
+        sees = (rows[None, :] >= q_first_key[:, None]) & (rows[None, :] < q_first_key[:, None] + 3 * CHUNK)
+        p = tl.where(sees, p, 0.0)
+    row_sum += tl.sum(p, axis=1)
+    if EXACT_NONFINITE:
+        # One product per query chunk with the keys outside its neighbourhood zeroed, kept
+        # for that chunk's rows only (the other rows' 0 * NaN is dropped, not added).
+        for chunk_index in range(first_chunk, last_chunk + 1):
+            first_key = chunk_index * CHUNK
+            own = q_first_key == first_key
+            seen = (rows >= first_key) & (rows < first_key + 3 * CHUNK)
+            product = tl.dot(p.to(v.dtype), tl.where(seen[:, None], v, 0.0), acc, input_precision=DOT_PRECISION)
+            acc = tl.where(own[:, None], product, acc)
+    else:
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+    return acc, row_sum
 
 
 @triton.jit
 def _chunked_attention_fwd_kernel(
-    X, Y, PERM, ACC, ROW_SUM, OUT, LSE,
-    stride_xn, stride_xl,
-    stride_yn, stride_yl,
-    stride_pn, stride_pr,
-    stride_an, stride_al,
-    stride_on, stride_ol,
-    round_index, is_first_round, is_last_round, store_fp32_out, length, padding, n_chunks, d, c,
-    CHUNK, Q_TILES_PER_CHUNK,
-    BLOCK_Q: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    XS, YS, INV_NORM, Y_NONFINITE, PERM, ACC, ROW_SUM, OUT, LSE,
+    stride_pn, stride_pr, stride_an, stride_al, stride_on, stride_ol,
+    round_index, is_first_round, is_last_round, store_fp32_out, length, ring_rows, c,
+    CHUNK,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    PADDED_C: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    EXACT_NONFINITE: tl.constexpr,
 ):
-    pid_q = tl.program_id(0)
+    pid_m = tl.program_id(0)
     n = tl.program_id(1).to(tl.int64)
     pid_c = tl.program_id(2)
-    chunk_index = pid_q // Q_TILES_PER_CHUNK
-    chunk_start = chunk_index * CHUNK
-    offs_q = chunk_start + (pid_q % Q_TILES_PER_CHUNK) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    # Padded positions (>= L) are keys only, never queries.
-    q_valid = (offs_q < chunk_start + CHUNK) & (offs_q < length)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    d_valid = offs_d < d
-    c_valid = offs_c < c
+    # Padded positions (>= L) are keys only, never queries.
+    q_valid = offs_m < length
+    q_chunk = offs_m // CHUNK
+    q_first_key = q_chunk * CHUNK
+    first_chunk = (pid_m * BLOCK_M) // CHUNK
+    last_chunk = (tl.minimum(pid_m * BLOCK_M + BLOCK_M, length) - 1) // CHUNK
 
-    perm_round = PERM + n * stride_pn + round_index * stride_pr
-    q_pixel = tl.load(perm_round + offs_q, mask=q_valid, other=0).to(tl.int64)
-    x_n = X + n * stride_xn
-    y_n = Y + n * stride_yn
-    q = tl.load(x_n + q_pixel[:, None] * stride_xl + offs_d[None, :],
-                mask=q_valid[:, None] & d_valid[None, :], other=0.0)
+    XS_n = XS + n * ring_rows * BLOCK_D
+    YS_n = YS + n * ring_rows * PADDED_C
+    INV_n = INV_NORM + n * ring_rows
+    q = tl.load(XS_n + (CHUNK + offs_m)[:, None] * BLOCK_D + offs_d[None, :], mask=q_valid[:, None], other=0.0)
     q_f32 = q.to(tl.float32)
     # Row maximum of every round, in log2 units.
     m2 = tl.sqrt(tl.sum(q_f32 * q_f32, axis=1)) * LOG2E
 
-    acc = tl.zeros((BLOCK_Q, BLOCK_C), dtype=tl.float32)
-    row_sum = tl.zeros((BLOCK_Q,), dtype=tl.float32)
-    for t0 in range(0, 3 * CHUNK, BLOCK_K):
-        offs_t = t0 + tl.arange(0, BLOCK_K)
-        k, inv_norm, k_pixel, k_valid = candidate_keys(
-            x_n, stride_xl, perm_round, offs_t, chunk_index, length, padding, n_chunks, CHUNK, offs_d, d_valid)
-        s2 = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * (inv_norm * LOG2E)[None, :]
-        p = tl.exp2(s2 - m2[:, None])
-        p = tl.where(k_valid[None, :], p, 0.0)
-        row_sum += tl.sum(p, axis=1)
-        v = tl.load(y_n + k_pixel[:, None] * stride_yl + offs_c[None, :],
-                    mask=k_valid[:, None] & c_valid[None, :], other=0.0)
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+    key_start = first_chunk * CHUNK
+    key_end = (last_chunk + 3) * CHUNK
+    lo, hi, total = unmasked_steps(first_chunk, last_chunk, CHUNK, BLOCK_N)
+    nonfinite = 0
+    for t in range(0, total):
+        flags = tl.load(Y_NONFINITE + n * ring_rows + key_start + t * BLOCK_N + offs_n,
+                        mask=key_start + t * BLOCK_N + offs_n < key_end, other=0)
+        nonfinite = tl.maximum(nonfinite, tl.max(flags.to(tl.int32), axis=0))
 
+    # Each tile runs in exactly one of the two launches of a round: the fast one when its
+    # key range is finite, the exact one otherwise.
+    if EXACT_NONFINITE:
+        runs = nonfinite != 0
+    else:
+        runs = nonfinite == 0
+    if runs:
+        acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+        row_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        if EXACT_NONFINITE:
+            for t in range(0, total):
+                acc, row_sum = _attend_step(acc, row_sum, q, m2, q_first_key, XS_n, YS_n, INV_n,
+                                            key_start + t * BLOCK_N, key_end, offs_n, offs_d, offs_c, CHUNK,
+                                            BLOCK_D, PADDED_C, True, True, first_chunk, last_chunk, DOT_PRECISION)
+        else:
+            for t in range(0, lo):
+                acc, row_sum = _attend_step(acc, row_sum, q, m2, q_first_key, XS_n, YS_n, INV_n,
+                                            key_start + t * BLOCK_N, key_end, offs_n, offs_d, offs_c, CHUNK,
+                                            BLOCK_D, PADDED_C, True, False, first_chunk, last_chunk, DOT_PRECISION)
+            for t in range(lo, hi):
+                acc, row_sum = _attend_step(acc, row_sum, q, m2, q_first_key, XS_n, YS_n, INV_n,
+                                            key_start + t * BLOCK_N, key_end, offs_n, offs_d, offs_c, CHUNK,
+                                            BLOCK_D, PADDED_C, False, False, first_chunk, last_chunk, DOT_PRECISION)
+            for t in range(hi, total):
+                acc, row_sum = _attend_step(acc, row_sum, q, m2, q_first_key, XS_n, YS_n, INV_n,
+                                            key_start + t * BLOCK_N, key_end, offs_n, offs_d, offs_c, CHUNK,
+                                            BLOCK_D, PADDED_C, True, False, first_chunk, last_chunk, DOT_PRECISION)
+        _combine_round(acc, row_sum, m2, PERM, ACC, ROW_SUM, OUT, LSE, n, offs_m, offs_c, q_valid, pid_c,
+                       stride_pn, stride_pr, stride_an, stride_al, stride_on, stride_ol,
+                       round_index, is_first_round, is_last_round, store_fp32_out, length, c)
+
+
+@triton.jit
+def _combine_round(acc, row_sum, m2, PERM, ACC, ROW_SUM, OUT, LSE, n, offs_m, offs_c, q_valid, pid_c,
+                   stride_pn, stride_pr, stride_an, stride_al, stride_on, stride_ol,
+                   round_index, is_first_round, is_last_round, store_fp32_out, length, c):
+    """Add this round's sums of a tile to the earlier rounds' (by pixel); the last round
+    divides and writes the output and the log-sum-exp."""
+    q_pixel = tl.load(PERM + n * stride_pn + round_index * stride_pr + offs_m, mask=q_valid, other=0).to(tl.int64)
     acc_ptrs = ACC + n * stride_an + q_pixel[:, None] * stride_al + offs_c[None, :]
-    acc_mask = q_valid[:, None] & c_valid[None, :]
+    acc_mask = q_valid[:, None] & (offs_c < c)[None, :]
     row_sum_ptrs = ROW_SUM + n * length + q_pixel
     if is_first_round == 0:
         acc += tl.load(acc_ptrs, mask=acc_mask, other=0.0)
-        row_sum += tl.load(row_sum_ptrs, mask=q_valid, other=1.0)
+        if (is_last_round != 0) | (pid_c == 0):
+            row_sum += tl.load(row_sum_ptrs, mask=q_valid, other=1.0)
     if is_last_round != 0:
         out = acc / row_sum[:, None]
         out_ptrs = OUT + n * stride_on + q_pixel[:, None] * stride_ol + offs_c[None, :]
@@ -87,46 +168,31 @@ def _chunked_attention_fwd_kernel(
         if store_fp32_out != 0:
             tl.store(acc_ptrs, out, mask=acc_mask)
         if pid_c == 0:
-            lse = (m2 + tl.log2(row_sum)) / LOG2E
-            tl.store(LSE + n * length + q_pixel, lse, mask=q_valid)
+            tl.store(LSE + n * length + q_pixel, (m2 + tl.log2(row_sum)) / LOG2E, mask=q_valid)
     else:
         tl.store(acc_ptrs, acc, mask=acc_mask)
-        # Every channel tile computes the same row sums; one of them keeps them.
         if pid_c == 0:
             tl.store(row_sum_ptrs, row_sum, mask=q_valid)
 
 
-class ForwardConfig:
-    """Tile sizes for one (chunk, d, c); chosen by the launcher, listed for compile tests.
+def forward_tiles(chunk: int, d: int, c: int, dtype: torch.dtype) -> TileConfig:
+    """Tiles of the forward for one problem.
 
-    Gathered tiles carry one 64-bit pointer per element, so registers run out long before
-    the arithmetic does: wider rows (d) get fewer keys per tile, and 8 warps share the
-    load. Every channel tile recomputes the scores, so for d <= 64 and c > 64 one
-    128-wide channel tile over 16 queries beats two 64-wide ones over 32. The choices
-    compile without spills for sm_80 and sm_90 with triton 3.6 and 3.9
-    (tests/test_compile.py).
+    64 query rows per tile; the value channels of a tile are all of c up to 128 (one tile
+    recomputes no scores), else 128-channel tiles. Half precision: 64-row steps on the
+    tensor cores, one warpgroup while the accumulator is narrow. fp32 products run on the
+    FMA units, which hold their operands replicated in registers: 8 warps, and 32-row steps
+    for the widest accumulator, so that nothing spills.
     """
-
-    def __init__(self, chunk: int, d: int, c: int):
-        self.block_d = max(16, triton.next_power_of_2(d))
-        self.block_k = 64 if self.block_d <= 16 else 32 if self.block_d <= 64 else 16
-        if 16 < self.block_d <= 64 and c > 64:
-            self.block_q = 16
-            self.block_c = fitting_block(c, (64, 128))
-        else:
-            self.block_q = fitting_block(chunk, (16, 32))
-            self.block_c = fitting_block(c, (16, 32, 64))
-        self.num_warps = 8
-
-    def as_constexprs(self) -> dict:
-        return dict(BLOCK_Q=self.block_q, BLOCK_K=self.block_k, BLOCK_D=self.block_d, BLOCK_C=self.block_c)
-
-
-def dot_precision(dtype: torch.dtype) -> str:
-    """fp32 products follow torch.backends.cuda.matmul.allow_tf32, as torch matmuls do."""
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32"
-    return "ieee"
+    block_c = min(128, max(16, triton.next_power_of_2(c)))
+    block_n = step_rows(chunk)
+    if dtype == torch.float32:
+        num_warps = 8
+        block_n = min(block_n, 32) if block_c >= 128 else block_n
+    else:
+        num_warps = 4 if block_c <= 64 else 8
+    return TileConfig(block_m=row_tile(chunk), block_n=block_n, block_d=padded_width(d), block_c=block_c,
+                      padded_c=padded_channels(c, block_c), num_warps=num_warps)
 
 
 def chunked_attention_fwd(x, y, perm, chunk: int, padding: int, n_chunks: int, keep_fp32_out: bool = False):
@@ -140,56 +206,37 @@ def chunked_attention_fwd(x, y, perm, chunk: int, padding: int, n_chunks: int, k
 
     x: (N, L, d), y: (N, L, c) with unit stride in the last dimension; perm: (N, R, L)
     int32/int64 with unit stride in the last dimension; chunk, padding, n_chunks from
-    ``chunk_layout``. Extra memory: the output, an fp32 accumulator of the same shape
-    for half-precision outputs, and two (N, L) fp32 vectors.
+    ``chunk_layout``. Extra memory: the ring buffers of one round ((L + P + 2K) rows of x
+    and y, padded to the tile widths), an fp32 accumulator of the output's shape for
+    half-precision outputs, and two (N, L) fp32 vectors.
     """
     n, length, d = x.shape
     c = y.shape[2]
     rounds = perm.shape[1]
+    layout = RingLayout(length, chunk, padding, n_chunks)
+    tiles = forward_tiles(chunk, d, c, x.dtype)
+    ring = RingBuffers(x, y, layout, tiles, gradients=False)
     out = torch.empty_like(y)
     lse = torch.empty((n, length), device=x.device, dtype=torch.float32)
     acc = out if out.dtype == torch.float32 else torch.empty(y.shape, device=y.device, dtype=torch.float32)
     row_sum = torch.empty((n, length), device=x.device, dtype=torch.float32) if rounds > 1 else lse
-    cfg = ForwardConfig(chunk, d, c)
-    q_tiles = triton.cdiv(chunk, cfg.block_q)
-    grid = (n_chunks * q_tiles, n, triton.cdiv(c, cfg.block_c))
+    grid = (triton.cdiv(length, tiles.block_m), n, tiles.channel_tiles)
     for r in range(rounds):
-        _chunked_attention_fwd_kernel[grid](
-            x, y, perm, acc, row_sum, out, lse,
-            x.stride(0), x.stride(1),
-            y.stride(0), y.stride(1),
-            perm.stride(0), perm.stride(1),
-            acc.stride(0), acc.stride(1),
-            out.stride(0), out.stride(1),
-            r, int(r == 0), int(r == rounds - 1), int(keep_fp32_out and acc is not out),
-            length, padding, n_chunks, d, c, chunk, q_tiles,
-            DOT_PRECISION=dot_precision(x.dtype),
-            num_warps=cfg.num_warps,
-            **cfg.as_constexprs(),
-        )
+        ring.stage(x, y, perm, r)
+        # The exact launch holds a second product's operands: half the step rows.
+        for exact in (False, True):
+            _chunked_attention_fwd_kernel[grid](
+                XS=ring.xs, YS=ring.ys, INV_NORM=ring.inv_norm, Y_NONFINITE=ring.y_nonfinite, PERM=perm,
+                ACC=acc, ROW_SUM=row_sum, OUT=out, LSE=lse,
+                stride_pn=perm.stride(0), stride_pr=perm.stride(1),
+                stride_an=acc.stride(0), stride_al=acc.stride(1),
+                stride_on=out.stride(0), stride_ol=out.stride(1),
+                round_index=r, is_first_round=int(r == 0), is_last_round=int(r == rounds - 1),
+                store_fp32_out=int(keep_fp32_out and acc is not out),
+                length=length, ring_rows=layout.rows, c=c, CHUNK=chunk,
+                BLOCK_M=tiles.block_m, BLOCK_N=max(16, tiles.block_n // 2) if exact else tiles.block_n,
+                BLOCK_D=tiles.block_d, BLOCK_C=tiles.block_c,
+                PADDED_C=tiles.padded_c, DOT_PRECISION=dot_precision(x.dtype), EXACT_NONFINITE=exact,
+                **tiles.options(),
+            )
     return out, lse, (acc if keep_fp32_out else None)
-
-
-# Problems whose launcher choices must compile without spills (Table 2's d 16 / c 64 and
-# NLSN's d 64 / c 256, chunk 144), then problems that reach the remaining tile choices.
-DEFAULT_PROBLEMS = ((144, 16, 64), (144, 64, 256))
-OTHER_PROBLEMS = ((16, 8, 24), (1, 4, 3), (144, 12, 180), (64, 128, 100), (40, 32, 32), (144, 256, 16))
-
-
-def compile_targets():
-    """(kernel, label, arguments, options, is_default) for every configuration the launcher can pick."""
-    for problems, is_default in ((DEFAULT_PROBLEMS, True), (OTHER_PROBLEMS, False)):
-        for chunk, d, c in problems:
-            cfg = ForwardConfig(chunk, d, c)
-            for dtype, precision in dtype_variants(is_default):
-                args = dict(
-                    X=dtype, Y=dtype, PERM=torch.int64, ACC=torch.float32, ROW_SUM=torch.float32,
-                    OUT=dtype, LSE=torch.float32, **{name: "i32" for name in _INT_ARGS},
-                    DOT_PRECISION=precision, **cfg.as_constexprs(),
-                )
-                label = f"chunk={chunk} d={d} c={c} {dtype} {precision} {cfg.as_constexprs()}"
-                yield _chunked_attention_fwd_kernel, label, args, {"num_warps": cfg.num_warps}, is_default
-
-_INT_ARGS = ("stride_xn", "stride_xl", "stride_yn", "stride_yl", "stride_pn", "stride_pr", "stride_an",
-             "stride_al", "stride_on", "stride_ol", "round_index", "is_first_round", "is_last_round", "store_fp32_out", "length", "padding", "n_chunks", "d", "c",
-             "CHUNK", "Q_TILES_PER_CHUNK")

@@ -16,13 +16,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import nlsa_triton as nt
-from conftest import DEVICE, rel_err
+from conftest import DEVICE, assert_close, rel_err
 from nlsa_triton import reference
 
-# Measured (interpreter, this grid): fp32 <= 1e-6, fp16 <= 7e-4 (dx) and 4e-4 (dy).
-# A missing gradient term (the key path, the normalisation's gradient, the padding copies,
-# a neighbour's multiplicity) costs >= 0.1 here; see test_tolerance_catches_a_missing_term.
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 4e-3}
+# Measured (interpreter, this grid): fp32 <= 3.4e-6, fp16 <= 4.5e-4 (worst block of 16 rows
+# 5e-4); assert_close also holds every block to twice the tolerance. A missing gradient term
+# (the key path, the normalisation's gradient, the padding copies, a neighbour's
+# multiplicity) costs >= 0.1 here; see test_tolerance_catches_a_missing_term.
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 1.5e-3}
 
 SHAPES = [  # N, L, d, c, n_hashes, chunk_size, x_scale
     pytest.param(1, 1, 16, 64, 1, 16, 1.0, id="L=1"),
@@ -37,6 +38,13 @@ SHAPES = [  # N, L, d, c, n_hashes, chunk_size, x_scale
     pytest.param(1, 45, 20, 180, 2, 16, 1.0, id="c180_split_passes"),
     pytest.param(1, 40, 130, 24, 2, 16, 0.3, id="wide_d130"),
     pytest.param(1, 300, 16, 64, 2, 144, 1.0, id="chunk144_padding_longer_than_tail"),
+    # Chunk 144 with 64-row tiles that straddle chunks (see test_forward).
+    pytest.param(2, 700, 16, 64, 2, 144, 1.0, id="N2-L700-P20"),
+    pytest.param(2, 577, 16, 64, 2, 144, 1.0, id="N2-L577-P143"),
+    pytest.param(1, 100, 16, 64, 2, 144, 1.0, id="L100-one_chunk"),
+    pytest.param(1, 144, 16, 64, 2, 144, 1.0, id="L144-one_chunk"),
+    pytest.param(1, 432, 16, 64, 3, 144, 1.0, id="L432-no_padding"),
+    pytest.param(1, 300, 64, 256, 1, 144, 1.0, id="L300-d64-c256-R1"),
 ]
 
 
@@ -80,8 +88,7 @@ def test_gradients_match_float64_reference(n, length, d, c, n_hashes, chunk_size
     dx, dy = _triton_grads(x, y, perm, chunk_size, grad_out)
     dx_ref, dy_ref = _reference_grads(x, y, perm, chunk_size, grad_out)
     assert dx.dtype == dtype and dy.dtype == dtype
-    assert dx.shape == x.shape and dy.shape == y.shape
-    assert rel_err(dy, dy_ref) < TOLERANCE[dtype]
+    assert_close("dy", dy, dy_ref, TOLERANCE[dtype], block_factor=2)
     if length == 1:
         # One pixel sees only itself (three times): out = y whatever x is, so dx = 0.
         assert dx.abs().max().item() < TOLERANCE[dtype]
@@ -90,7 +97,7 @@ def test_gradients_match_float64_reference(n, length, d, c, n_hashes, chunk_size
         # Its gradient (dk / eps) dwarfs the others: check it, then the rest, separately.
         assert rel_err(dx[0, 3], dx_ref[0, 3]) < TOLERANCE[dtype]
         dx[0, 3] = dx_ref[0, 3] = 0
-    assert rel_err(dx, dx_ref) < TOLERANCE[dtype]
+    assert_close("dx", dx, dx_ref, TOLERANCE[dtype], block_factor=2)
 
 
 @pytest.mark.parametrize("d, c, dx_bound", [pytest.param(130, 24, 4e-3, id="d130"),

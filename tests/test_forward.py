@@ -3,9 +3,11 @@ import pytest
 import torch
 
 import nlsa_triton as nt
-from conftest import DEVICE, rel_err
+from conftest import DEVICE, assert_close, rel_err
 
-TOLERANCE = {torch.float32: 2e-6, torch.float16: 2e-3}
+# Measured (interpreter, this grid): fp32 <= 3.4e-7, fp16 <= 2.6e-4 overall and 2.8e-4 on
+# the worst block of 16 rows; assert_close also holds every block to twice the tolerance.
+TOLERANCE = {torch.float32: 2e-6, torch.float16: 6e-4}
 
 # L in {1, < K, = K, two chunks, padding longer than the tail, many chunks}, R in {1, 2, 4, 8},
 # N in {1, 2}, (d, c) in {(16, 64), (8, 24), (12, 40)}.
@@ -23,6 +25,14 @@ SHAPES = [  # N, L, d, c, n_hashes, chunk_size
     pytest.param(1, 97, 8, 24, 8, 8, id="many_chunks_R8"),
     pytest.param(1, 300, 16, 64, 4, 144, id="chunk144_padding_longer_than_tail"),
     pytest.param(1, 200, 12, 180, 2, 144, id="chunk144_c180"),
+    # Chunk 144 with 64-row tiles that straddle chunks: several chunks, N = 2, padding 20
+    # and 143, one chunk (L < K and L = K), no padding, and NLSN's d 64 / c 256.
+    pytest.param(2, 700, 16, 64, 2, 144, id="N2-L700-P20"),
+    pytest.param(2, 577, 16, 64, 2, 144, id="N2-L577-P143"),
+    pytest.param(1, 100, 16, 64, 2, 144, id="L100-one_chunk"),
+    pytest.param(1, 144, 16, 64, 2, 144, id="L144-one_chunk"),
+    pytest.param(1, 432, 16, 64, 3, 144, id="L432-no_padding"),
+    pytest.param(1, 300, 64, 256, 1, 144, id="L300-d64-c256-R1"),
 ]
 
 
@@ -42,8 +52,8 @@ def test_chunked_attention_triton_equals_reference(n, length, d, c, n_hashes, ch
     out = nt.chunked_attention(x, y, perm, chunk_size, backend="triton")
     # The reference sees the same (rounded) inputs and computes in float64.
     expected = nt.reference.chunked_attention(x.double().cpu(), y.double().cpu(), perm.cpu(), chunk_size)
-    assert out.dtype == dtype and out.shape == (n, length, c)
-    assert rel_err(out.cpu(), expected) < TOLERANCE[dtype]
+    assert out.dtype == dtype
+    assert_close("out", out.cpu(), expected, TOLERANCE[dtype], block_factor=2)
 
 
 @pytest.mark.parametrize(

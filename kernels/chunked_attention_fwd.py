@@ -178,18 +178,19 @@ def _combine_round(acc, row_sum, m2, PERM, ACC, ROW_SUM, OUT, LSE, n, offs_m, of
 def forward_tiles(chunk: int, d: int, c: int, dtype: torch.dtype) -> TileConfig:
     """Tiles of the forward for one problem.
 
-    64 query rows per tile; the value channels of a tile are all of c up to 128 (one tile
-    recomputes no scores), else 128-channel tiles. Half precision: 64-row steps on the
-    tensor cores, one warpgroup while the accumulator is narrow. fp32 products run on the
-    FMA units, which hold their operands replicated in registers: 8 warps, and 32-row steps
-    for the widest accumulator, so that nothing spills.
+    64 query rows per tile. Half precision: all of c up to 256 in one channel tile (no
+    scores recomputed), 64-row steps on the tensor cores, one warpgroup while the
+    accumulator is narrow, else two. fp32 products run on the FMA units, which hold their
+    operands replicated in registers: channel tiles of at most 128, 8 warps, and 32-row
+    steps for the widest accumulator, so that nothing spills.
     """
-    block_c = min(128, max(16, triton.next_power_of_2(c)))
     block_n = step_rows(chunk)
     if dtype == torch.float32:
+        block_c = min(128, max(16, triton.next_power_of_2(c)))
         num_warps = 8
         block_n = min(block_n, 32) if block_c >= 128 else block_n
     else:
+        block_c = min(256, max(16, triton.next_power_of_2(c)))
         num_warps = 4 if block_c <= 64 else 8
     return TileConfig(block_m=row_tile(chunk), block_n=block_n, block_d=padded_width(d), block_c=block_c,
                       padded_c=padded_channels(c, block_c), num_warps=num_warps)

@@ -1,6 +1,8 @@
 """Model-level efficiency of NLSN (the paper's supplementary Table 3): the whole network's
 forward time, peak memory and FLOPs at 100x100 and 150x150 LR inputs, with the NLSA
-blocks on the Triton kernels (nlsn_triton) and on the torch reference (nlsn_torch).
+blocks on the Triton kernels (nlsn_triton), the torch backend (nlsn_torch) and the
+step-by-step torch reference (nlsn_reference; results written before the torch backend
+existed, such as bench/results/cpu/nlsn_*.json, call the reference nlsn_torch).
 
     python bench/nlsn_efficiency.py              # GPU: the paper's NLSN; CPU: --quick
     python bench/nlsn_efficiency.py --full       # the paper's NLSN (256 feats, 32 blocks) on CPU too
@@ -15,7 +17,7 @@ Same helpers and conventions as bench/sweep.py (bench/common.py):
   in the JSON) and the input are excluded; time from triton.testing.do_bench (median,
   p20, p80). cuDNN convolutions run with torch's defaults (TF32 allowed for convs); the
   JSON records the TF32 settings.
-- CPU: nlsn_triton is skipped (the Triton interpreter is never timed). nlsn_torch, on
+- CPU: nlsn_triton is skipped (the Triton interpreter is never timed). The torch ones, on
   ``--threads`` torch threads (default 1, for times that repeat on a shared machine): a
   warm-up call on an 8x8 input, then the first call at the size, whose peak resident-set
   growth (VmHWM - VmRSS after resetting VmHWM) is peak_mem_mb and which is not timed, then
@@ -61,7 +63,7 @@ from common import (  # noqa: E402
     resolve_device, same_status, short_reason, triton_unavailable_reason, triton_version,
 )
 
-PROVIDERS = {"nlsn_triton": "triton", "nlsn_torch": "torch"}
+PROVIDERS = {"nlsn_triton": "triton", "nlsn_torch": "torch", "nlsn_reference": "reference"}
 MODE = "fwd"
 SIZES = (100, 150)
 PAPER_CONFIG = dict(n_feats=256, n_resblocks=32)

@@ -5,9 +5,10 @@ Usage: python bench/plots.py DIR   (reads DIR/sweep.csv, writes DIR/*.png)
 One file per dtype in the CSV, each with a panel per (mode, channels):
 - time_vs_pixels_<dtype>.png:   median time (p20-p80 band) vs H*W, log-log, per provider;
 - memory_vs_pixels_<dtype>.png: peak memory vs H*W, log-log, per provider;
-- speedup_<dtype>.png:          time of each other provider / time of nlsa_triton at the same
-                                size (nlsa_torch at the same n_hashes); without nlsa_triton
-                                measurements the figure holds a note saying so instead;
+- speedup_<dtype>.png:          time of each other provider / time of the fastest NLSA path
+                                measured, nlsa_triton (GPU) or else nlsa_torch (CPU), at the
+                                same size (the NLSA providers at the same n_hashes); without
+                                either, the figure holds a note saying so instead;
 - time_vs_n_hashes_<dtype>.png: time vs n_hashes for the NLSA providers, a line per size.
 The hashed providers appear in the first three at one n_hashes (4, NLSN's default, when
 measured, else the largest measured); only rows with status ok are drawn.
@@ -22,8 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import read_csv  # noqa: E402
 from providers import HASHED, PROVIDERS  # noqa: E402
 
-COLORS = {"nlsa_triton": "tab:red", "nlsa_torch": "tab:orange", "nla_torch": "tab:blue",
-          "nla_sdpa": "tab:cyan", "criss_cross": "tab:green"}
+COLORS = {"nlsa_triton": "tab:red", "nlsa_flex": "tab:purple", "nlsa_torch": "tab:orange",
+          "nlsa_reference": "tab:brown", "nla_torch": "tab:blue", "nla_sdpa": "tab:cyan",
+          "criss_cross": "tab:green"}
+# The speed-up plot's baseline: the first of these with measurements.
+SPEEDUP_BASES = ("nlsa_triton", "nlsa_torch")
 PREFERRED_HASHES = 4
 
 
@@ -119,30 +123,29 @@ def _versus_pixels(plt, rows, dtype, metric, ylabel, path, written):
 
 def _speedup(plt, rows, dtype, path, written, notes):
     data = [r for r in _ok(rows, "time_ms") if r["dtype"] == dtype]
-    triton_rows = [r for r in data if r["provider"] == "nlsa_triton"]
+    base_name = next((p for p in SPEEDUP_BASES if any(r["provider"] == p for r in data)), None)
     modes, channels = _panels([r for r in rows if r["dtype"] == dtype])
-    if not triton_rows:
-        note = (f"speedup_{dtype}.png: no nlsa_triton measurements with status ok for {dtype} "
-                "(the Triton provider runs on CUDA only), so there is no speed-up to draw")
+    if base_name is None:
+        note = (f"speedup_{dtype}.png: no nlsa_triton or nlsa_torch measurements with status ok for {dtype}, "
+                "so there is no speed-up to draw")
         notes.append(note)
         fig, ax = plt.subplots(figsize=(7, 2.5))
         ax.axis("off")
-        ax.text(0.5, 0.5, f"Speed-up of nlsa_triton, {dtype}:\nno nlsa_triton measurements in this sweep\n"
-                "(the Triton provider runs on CUDA only; on CPU it is 'skipped')",
+        ax.text(0.5, 0.5, f"Speed-up of NLSA, {dtype}:\nno nlsa_triton or nlsa_torch measurements in this sweep",
                 ha="center", va="center", fontsize=11)
         fig.savefig(path, dpi=110)
         written.append(path)
         plt.close(fig)
         return
-    ref = _reference_hashes(triton_rows)
-    fig, axes = _figure(plt, modes, channels, f"speed-up of nlsa_triton (R={ref}) over each provider, {dtype}"
-                        " (>1: nlsa_triton faster)")
+    ref = _reference_hashes([r for r in data if r["provider"] == base_name])
+    fig, axes = _figure(plt, modes, channels, f"speed-up of {base_name} (R={ref}) over each provider, {dtype}"
+                        f" (>1: {base_name} faster)")
     for i, mode in enumerate(modes):
         for j, ch in enumerate(channels):
             ax = axes[i][j]
-            base = _series(data, "nlsa_triton", mode, ch, ref)
+            base = _series(data, base_name, mode, ch, ref)
             for provider in PROVIDERS:
-                if provider == "nlsa_triton":
+                if provider == base_name:
                     continue
                 other = _series(data, provider, mode, ch, ref)
                 x = [p for p in base if p in other]
@@ -155,7 +158,7 @@ def _speedup(plt, rows, dtype, path, written, notes):
             ax.set_yscale("log")
             ax.set_title(f"{mode}, channels {ch}", fontsize=10)
             ax.set_xlabel("pixels (H x W)")
-            ax.set_ylabel("time(provider) / time(nlsa_triton)")
+            ax.set_ylabel(f"time(provider) / time({base_name})")
             ax.grid(True, which="both", alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
@@ -176,7 +179,8 @@ def _versus_hashes(plt, rows, dtype, path, written):
             ax = axes[i][j]
             for k, (h, w) in enumerate(sizes):
                 color = cmap(k / max(1, len(sizes) - 1))
-                for provider, style in (("nlsa_triton", "o-"), ("nlsa_torch", "s--")):
+                for provider, style in (("nlsa_triton", "o-"), ("nlsa_flex", "^:"), ("nlsa_torch", "s--"),
+                                        ("nlsa_reference", "x-.")):
                     pts = sorted((r["n_hashes"], r["median"]) for r in data
                                  if (r["provider"], r["mode"], r["channels"], r["height"], r["width"])
                                  == (provider, mode, ch, h, w))

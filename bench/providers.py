@@ -9,10 +9,18 @@ timed and their outputs count as inputs (excluded from memory):
                scale; theta, phi (1, L, C // 2), g (1, L, C) (NLSN's reduction 2).
 - nla_sdpa:    the same attention through F.scaled_dot_product_attention(scale=1.0) on
                (1, 1, L, .) views of the same tensors (torch picks its kernel).
-- nlsa_torch:  nlsa_triton.nlsa(x, y, backend="torch"), NLSN's algorithm in torch;
+- nlsa_reference: nlsa_triton.nlsa(x, y, backend="reference"), NLSN's algorithm step by
+               step in torch, every intermediate materialised (what the paper's Table 2
+               measured; named nlsa_torch in results before the torch backend existed);
                x (1, L, C // 4) (NLSN's reduction 4), y (1, L, C); fixed rotations drawn
                once per configuration (an input), so repeats hash alike.
+- nlsa_torch:  the same with backend="torch" (nlsa_triton.streaming: a round and a block of
+               chunks at a time, O(L c) extra memory; what "auto" runs off CUDA).
 - nlsa_triton: the same with backend="triton" (CUDA only).
+- nlsa_flex:   the same function written with compiled FlexAttention (bench/nlsa_flex.py):
+               sorted copies per round, a neighbour-chunks block mask, flex's log-sum-exp,
+               rounds combined outside (CUDA only: compiled CPU flex cannot return the
+               log-sum-exp); the block mask depends only on L and is built with the inputs.
 - criss_cross: nlsa_triton.CrissCrossAttention(C, reduction=8, recurrence=2) (CCNet).
                The exception to the rule above: it is timed as the module on a (1, C, H, W)
                feature map, its 1x1 query/key/value convolutions and residual included,
@@ -33,12 +41,14 @@ import torch.nn.functional as F
 
 from common import Skip, triton_unavailable_reason
 
-PROVIDERS = ("nlsa_triton", "nlsa_torch", "nla_torch", "nla_sdpa", "criss_cross")
-HASHED = ("nlsa_triton", "nlsa_torch")  # providers with n_hashes and chunk_size
+PROVIDERS = ("nlsa_triton", "nlsa_flex", "nlsa_torch", "nlsa_reference", "nla_torch", "nla_sdpa", "criss_cross")
+HASHED = ("nlsa_triton", "nlsa_flex", "nlsa_torch", "nlsa_reference")  # providers with n_hashes and chunk_size
+# The nlsa_triton.nlsa backend each of those providers runs.
+NLSA_BACKENDS = {"nlsa_triton": "triton", "nlsa_torch": "torch", "nlsa_reference": "reference"}
 MODES = ("fwd", "fwd_bwd")
 # How a provider's time grows with L = H * W, for predicting the next size's cost.
-TIME_EXPONENT = {"nla_torch": 2.0, "nla_sdpa": 2.0, "nlsa_torch": 1.0, "nlsa_triton": 1.0,
-                 "criss_cross": 1.5}
+TIME_EXPONENT = {"nla_torch": 2.0, "nla_sdpa": 2.0, "nlsa_torch": 1.0, "nlsa_reference": 1.0,
+                 "nlsa_triton": 1.0, "nlsa_flex": 1.0, "criss_cross": 1.5}
 
 
 @dataclass
@@ -85,11 +95,15 @@ def unavailable_reason(provider: str, device: str) -> str | None:
         return f"unknown provider {provider!r}"
     if provider == "nlsa_triton":
         return triton_unavailable_reason(device)
+    if provider == "nlsa_flex" and device != "cuda":
+        return ("compiled FlexAttention on CPU is inference-only and refuses return_lse, which "
+                "combining the rounds needs (torch 2.13); eager flex materialises (L, L) scores")
     return None
 
 
 def check_channels(provider: str, channels: int) -> str | None:
-    need = {"nla_torch": 2, "nla_sdpa": 2, "nlsa_torch": 4, "nlsa_triton": 4, "criss_cross": 8}[provider]
+    need = {"nla_torch": 2, "nla_sdpa": 2, "nlsa_torch": 4, "nlsa_reference": 4, "nlsa_triton": 4,
+            "nlsa_flex": 4, "criss_cross": 8}[provider]
     if channels % need:
         return f"channels {channels} is not divisible by {need} ({provider}'s reduction)"
     return None
@@ -133,11 +147,19 @@ def build(cfg: Config, device: str, seed: int = 0) -> Case:
         rotations = nt.random_rotations(
             c // 4, cfg.n_hashes, nt.num_buckets(length, cfg.chunk_size), generator=gen, device=device
         )
-        backend = "triton" if cfg.provider == "nlsa_triton" else "torch"
+        if cfg.provider == "nlsa_flex":
+            from nlsa_flex import neighbour_chunks_mask, nlsa_flex
 
-        def op():
-            return nt.nlsa(x, y, n_hashes=cfg.n_hashes, chunk_size=cfg.chunk_size,
-                           rotations=rotations, backend=backend)
+            block_mask = neighbour_chunks_mask(length, cfg.chunk_size, device)
+
+            def op():
+                return nlsa_flex(x, y, rotations, cfg.chunk_size, block_mask)
+        else:
+            backend = NLSA_BACKENDS[cfg.provider]
+
+            def op():
+                return nt.nlsa(x, y, n_hashes=cfg.n_hashes, chunk_size=cfg.chunk_size,
+                               rotations=rotations, backend=backend)
     elif cfg.provider == "criss_cross":
         torch.manual_seed(seed)  # the module's initial weights
         module = nt.CrissCrossAttention(c, reduction=8, recurrence=2).to(device=device, dtype=dtype)

@@ -1,9 +1,9 @@
-"""Benchmark sweep: NLSA (torch reference and Triton kernels) against full non-local
-attention (materialised softmax and SDPA) and criss-cross attention.
+"""Benchmark sweep: NLSA (Triton kernels, the torch backend, the step-by-step reference)
+against full non-local attention (materialised softmax and SDPA) and criss-cross attention.
 
     python bench/sweep.py                 # the default set for this device
     python bench/sweep.py --quick         # a tiny smoke run
-    python bench/sweep.py --sizes 100,150 --providers nla_torch,nlsa_torch --n-hashes 4 \\
+    python bench/sweep.py --sizes 100,150 --providers nla_torch,nlsa_torch,nlsa_reference --n-hashes 4 \\
         --channels 64 --dtype fp32 --modes fwd --out /tmp/bench
 
 Writes into --out (default bench/results/<device-slug>/): sweep.csv (one row per

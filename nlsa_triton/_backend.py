@@ -1,4 +1,15 @@
-"""Choosing between the Triton kernels and the torch reference, and autocast."""
+"""Choosing a backend, and autocast.
+
+Backends (``backend=`` of every public function and module):
+
+- ``"triton"``: the Triton kernels (CUDA tensors; CPU tensors only under TRITON_INTERPRET=1).
+- ``"torch"``: ``nlsa_triton.streaming``, the same function in device-agnostic torch ops,
+  streamed a hash round and a block of chunks at a time (O(N·L·c) extra memory).
+- ``"reference"``: ``nlsa_triton.reference``, NLSN's algorithm step by step, every
+  intermediate materialised (the oracle the tests hold the others to).
+- ``"auto"`` (default): "triton" where the kernels run, "torch" everywhere else (CPU, MPS,
+  any other device, float64, and wherever triton is not installed).
+"""
 from __future__ import annotations
 
 import contextlib
@@ -6,7 +17,24 @@ import os
 
 import torch
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "torch", "reference")
+
+
+def _triton_missing() -> str | None:
+    """Why the Triton backend cannot run on this install, or None when triton imports.
+
+    Triton publishes wheels for Linux only, so the package depends on it only there; on
+    macOS and Windows (or any install without it) 'auto' runs the torch backend.
+    """
+    try:
+        import triton  # noqa: F401
+    except ImportError as error:
+        return (f"backend='triton' needs the triton package, which cannot be imported here "
+                f"({error}); triton publishes wheels for Linux only. Use backend='auto' or 'torch'")
+    return None
+
+
+TRITON_MISSING = _triton_missing()
 
 
 def _kernels_interpreted() -> bool:
@@ -35,7 +63,10 @@ def check_backend(backend) -> str:
 
 
 def resolve_backend(backend: str, x: torch.Tensor, *, uses_dot: bool = True) -> str:
-    """'auto' is Triton for CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), else torch.
+    """The backend a call runs: 'triton', 'torch' or 'reference'.
+
+    'auto' is Triton for CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), else
+    'torch' (the streamed pure-torch implementation); 'torch' and 'reference' run anywhere.
 
     The attention kernels (``uses_dot``) take float16, bfloat16 and float32; 'auto' sends
     float64 to torch and 'triton' refuses it. Triton's interpreter computes ``tl.dot`` of
@@ -43,7 +74,7 @@ def resolve_backend(backend: str, x: torch.Tensor, *, uses_dot: bool = True) -> 
     interpreter doesn't support bf16"), so there bfloat16 is handled the same way.
     """
     check_backend(backend)
-    triton_runs = x.is_cuda or (_INTERPRETED and x.device.type == "cpu")
+    triton_runs = TRITON_MISSING is None and (x.is_cuda or (_INTERPRETED and x.device.type == "cpu"))
     unsupported = None
     if uses_dot and x.dtype == torch.float64:
         unsupported = (
@@ -58,6 +89,8 @@ def resolve_backend(backend: str, x: torch.Tensor, *, uses_dot: bool = True) -> 
         )
     if backend == "auto":
         return "triton" if triton_runs and unsupported is None else "torch"
+    if backend == "triton" and TRITON_MISSING is not None:
+        raise RuntimeError(TRITON_MISSING)
     if backend == "triton" and not triton_runs:
         raise ValueError(
             f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 to run the kernels on "

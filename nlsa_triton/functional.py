@@ -1,10 +1,15 @@
-"""The functional API: the same functions as ``nlsa_triton.reference``, with a backend choice."""
+"""The functional API: the same functions as ``nlsa_triton.reference``, with a backend choice.
+
+``backend``: "auto" (default: the Triton kernels where they run, else "torch"), "triton",
+"torch" (``nlsa_triton.streaming``) or "reference" (``nlsa_triton.reference``); see
+``nlsa_triton._backend``.
+"""
 from __future__ import annotations
 
 import torch
 
 from . import _validation as v
-from . import reference
+from . import reference, streaming
 from . import _ops
 from ._backend import autocast_inputs, resolve_backend
 from .buckets import bucket_sort, resolve_rotations
@@ -19,7 +24,10 @@ def lsh_hash(x: torch.Tensor, rotations: torch.Tensor, *, backend: str = "auto")
     """
     v.check_match_embedding(x)
     v.check_rotations(rotations, x.shape[2], x.device)
-    if resolve_backend(backend, x, uses_dot=False) == "torch":
+    backend = resolve_backend(backend, x, uses_dot=False)
+    if backend == "torch":
+        return streaming.lsh_hash(x, rotations)
+    if backend == "reference":
         return reference.lsh_hash(x, rotations)
     # Nothing differentiable flows through the hash (spec section 2).
     return _ops.lsh_hash(x.detach(), rotations.detach())
@@ -54,7 +62,10 @@ def chunked_attention(
     chunk_size = v.check_positive_int(chunk_size, "chunk_size")
     v.check_perm(perm, x.shape[0], x.shape[1], x.device)
     perm_check = v.check_perm_mode(check_perm)
-    if resolve_backend(backend, x) == "torch":
+    backend = resolve_backend(backend, x)
+    if backend == "torch":
+        return streaming.chunked_attention(x, y, perm, chunk_size, check_perm=check_perm)
+    if backend == "reference":
         return reference.chunked_attention(x, y, perm, chunk_size, check_perm=check_perm)
     return _ops.chunked_attention(x, y, perm, chunk_size, perm_check)
 
@@ -81,6 +92,8 @@ def nlsa(
     backend = resolve_backend(backend, x)
     rotations = resolve_rotations(x, n_hashes, chunk_size, rotations, generator)
     if backend == "torch":
+        return streaming.nlsa(x, y, n_hashes=n_hashes, chunk_size=chunk_size, rotations=rotations)
+    if backend == "reference":
         return reference.nlsa(x, y, n_hashes=n_hashes, chunk_size=chunk_size, rotations=rotations)
     # bucket_sort is an argsort: perm is a permutation by construction, nothing to check.
     perm = bucket_sort(_ops.lsh_hash(x.detach(), rotations.detach()))

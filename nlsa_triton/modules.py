@@ -48,7 +48,10 @@ class NonLocalSparseAttention(nn.Module):
     x = conv_match(input) (C // reduction channels, k_size x k_size), y =
     conv_assembly(input) (C channels, 1x1). forward: (N, C, H, W) -> (N, C, H, W).
     Parameter names are NLSN's (``conv_match.0.*``, ``conv_assembly.0.*``), so its
-    checkpoints load unchanged. ``backend``: "auto", "triton" or "torch".
+    checkpoints load unchanged. ``backend``: "auto" (default: the Triton kernels for CUDA
+    tensors, "torch" elsewhere), "triton", "torch" (``nlsa_triton.streaming``, streamed
+    pure torch, any device) or "reference" (``nlsa_triton.reference``, the step-by-step
+    oracle); ``extra_repr`` shows the setting.
     """
 
     def __init__(

@@ -3,7 +3,8 @@
 Gather rows into sorted order, pad with copies of the tail, cut into chunks, attach the
 two neighbouring chunks (wrapping around), softmax per round with its log-sum-exp, undo
 the sort, softmax over rounds. It materialises every intermediate, as NLSN does, and is
-what the Triton kernels are checked against. Differentiable through autograd.
+what the Triton kernels and the torch backend (``streaming.py``) are checked against
+(``backend="reference"``). Differentiable through autograd.
 
 Deviations from NLSN, both in ``NLSA-SPEC.md``: the sort is stable, and L <= chunk_size
 is one chunk of all L positions. Half-precision inputs are computed in float32 and the

@@ -61,7 +61,7 @@ def test_quick_run_csv(quick_run):
         else:
             assert r["median"] == r["p20"] == r["p80"] == ""
 
-    for provider in ("nla_torch", "nla_sdpa", "nlsa_torch", "criss_cross"):
+    for provider in ("nla_torch", "nla_sdpa", "nlsa_torch", "nlsa_reference", "criss_cross"):
         assert {r["status"] for r in rows if r["provider"] == provider} == {"ok"}, provider
     triton_rows = [r for r in rows if r["provider"] == "nlsa_triton"]
     if not HAS_GPU:
@@ -102,7 +102,7 @@ def test_cpu_thinning_applies_to_the_default_grid_only():
         return sweep.plan(sweep.make_settings(sweep.parse_args(["--device", "cpu", *argv])))
 
     default = configs()
-    assert len(default) == 88
+    assert len(default) == 152  # 32 per NLSA provider (4 of them), 8 per other provider (3)
     assert not any(c.height == 150 and c.mode == "fwd_bwd" for c in default)
     chosen = configs("--channels", "64,256")  # the default channels, but chosen: the whole grid runs
     assert len(chosen) > len(default)

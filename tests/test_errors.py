@@ -1,5 +1,6 @@
 """Bad arguments: every public entry point raises ValueError / TypeError naming the argument,
-before any kernel runs, on both backends and in ``nlsa_triton.reference``."""
+before any kernel runs, on every backend and in ``nlsa_triton.reference`` and
+``nlsa_triton.streaming`` called directly."""
 import re
 
 import pytest
@@ -52,8 +53,8 @@ def _rotations(d=D, rounds=R, half=1, dtype=torch.float32, device=DEVICE):
 
 
 def _call(api, fn, *args, **kwargs):
-    if api == "reference":
-        return getattr(nt.reference, fn)(*args, **kwargs)
+    if api in ("nt.reference", "nt.streaming"):  # the modules' functions, called directly
+        return getattr(getattr(nt, api.split(".")[1]), fn)(*args, **kwargs)
     if fn in ("chunked_attention", "nlsa", "lsh_hash"):
         kwargs["backend"] = api
     return getattr(nt, fn)(*args, **kwargs)
@@ -64,7 +65,7 @@ def _raises(error, message, fn, *args, **kwargs):
         fn(*args, **kwargs)
 
 
-APIS = ["torch", "triton", "reference"]
+APIS = ["torch", "triton", "reference", "nt.reference", "nt.streaming"]
 
 # (description, error, message fragment, arguments builder) for chunked_attention(x, y, perm, chunk_size).
 CHUNKED_CASES = [
@@ -133,10 +134,10 @@ def test_check_perm_must_be_a_bool():
 def test_unknown_backend(fn):
     args = {"chunked_attention": (_x(), _y(), _perm(), K), "nlsa": (_x(), _y()),
             "lsh_hash": (_x(), _rotations())}[fn]
-    _raises(ValueError, "backend must be one of ('auto', 'triton', 'torch'), got 'cuda'", getattr(nt, fn), *args,
-            backend="cuda")
-    _raises(ValueError, "backend must be one of ('auto', 'triton', 'torch'), got None", getattr(nt, fn), *args,
-            backend=None)
+    _raises(ValueError, "backend must be one of ('auto', 'triton', 'torch', 'reference'), got 'cuda'",
+            getattr(nt, fn), *args, backend="cuda")
+    _raises(ValueError, "backend must be one of ('auto', 'triton', 'torch', 'reference'), got None",
+            getattr(nt, fn), *args, backend=None)
 
 
 @pytest.mark.parametrize("fn", ["chunked_attention", "nlsa"])
@@ -279,7 +280,7 @@ MODULES = {
         ({"k_size": 0}, ValueError, "k_size must be >= 1, got 0"),
         ({"k_size": 2}, ValueError, "k_size must be odd (conv_match pads by k_size // 2 to keep H x W), got 2"),
         ({"res_scale": "1"}, TypeError, "res_scale must be a real number, got str '1'"),
-        ({"backend": "gpu"}, ValueError, "backend must be one of ('auto', 'triton', 'torch'), got 'gpu'"),
+        ({"backend": "gpu"}, ValueError, "backend must be one of ('auto', 'triton', 'torch', 'reference'), got 'gpu'"),
         ({"channels": 8.0}, TypeError, "channels must be an int >= 1, got float 8.0"),
     ],
 )
@@ -300,7 +301,7 @@ def test_full_module_constructor_rejects(kwargs, error, message):
 
 
 @pytest.mark.parametrize("kind", ["sparse", "full"])
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", "triton", "reference"])
 def test_module_forward_rejects(kind, backend):
     module = MODULES[kind](**({"backend": backend} if kind == "sparse" else {})).to(DEVICE)
     image = torch.randn(1, 8, 4, 5, device=DEVICE)
@@ -315,7 +316,7 @@ def test_module_forward_rejects(kind, backend):
             "torch.float64; convert one with .to()", module, image.double())
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", "triton", "reference"])
 def test_sparse_module_forward_rejects_bad_rotations(backend):
     module = MODULES["sparse"](backend=backend).to(DEVICE)
     image = torch.randn(1, 8, 4, 5, device=DEVICE)

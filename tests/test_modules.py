@@ -1,11 +1,13 @@
-"""The drop-in modules: NLSN's parameter names, both backends, NLSN's full-attention baseline."""
+"""The drop-in modules: NLSN's parameter names, every backend, NLSN's full-attention baseline.
+
+The sparse module's forward against the NLSN authors' own outputs is in test_reference.py
+(tests/fixtures/nlsn_outputs.pt)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import nlsa_triton as nt
 from conftest import DEVICE, rel_err
-from nlsn_transcription import nlsn_sparse_attention
 
 NLSA_KEYS = ["conv_match.0.weight", "conv_match.0.bias", "conv_assembly.0.weight", "conv_assembly.0.bias"]
 NLA_KEYS = [f"{m}.{k}" for m in ("conv_match1", "conv_match2", "conv_assembly")
@@ -32,29 +34,32 @@ def test_full_attention_state_dict_has_nlsn_keys():
     [pytest.param(2, 6, 7, 16, 2, id="6x7"), pytest.param(1, 3, 5, 144, 4, id="3x5_L<K"),
      pytest.param(1, 1, 1, 16, 1, id="1x1")],
 )
-def test_sparse_attention_module_triton_equals_torch(n, h, w, chunk_size, n_hashes):
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_sparse_attention_module_equals_reference_backend(n, h, w, chunk_size, n_hashes, backend):
     torch.manual_seed(0)
     module = nt.NonLocalSparseAttention(channels=16, n_hashes=n_hashes, chunk_size=chunk_size,
                                         res_scale=0.5).to(DEVICE)
     inp = torch.randn(n, 16, h, w, device=DEVICE)
     rotations = nt.random_rotations(4, n_hashes, nt.num_buckets(h * w, chunk_size), device=DEVICE)
-    module.backend = "triton"
+    module.backend = backend
     out = module(inp, rotations)
-    module.backend = "torch"
+    module.backend = "reference"
     expected = module(inp, rotations)
     assert out.shape == inp.shape
     assert rel_err(out, expected) < 2e-6
 
 
-def test_sparse_attention_module_equals_nlsn_forward():
+def test_sparse_attention_module_equals_its_definition():
+    """res_scale * nlsa(conv_match(input), conv_assembly(input)) + input, in float64, on
+    the default backend (the torch backend on CPU)."""
     torch.manual_seed(1)
-    module = nt.NonLocalSparseAttention(channels=16, n_hashes=2, chunk_size=8, res_scale=0.1, backend="torch")
+    module = nt.NonLocalSparseAttention(channels=16, n_hashes=2, chunk_size=8, res_scale=0.1).double()
     inp = torch.randn(1, 16, 5, 7, dtype=torch.float64)
-    module = module.double()
     rotations = nt.random_rotations(4, 2, nt.num_buckets(35, 8), dtype=torch.float64)
     x = module.conv_match(inp).flatten(2).transpose(1, 2)
     y = module.conv_assembly(inp).flatten(2).transpose(1, 2)
-    expected = nlsn_sparse_attention(x, y, rotations, 8).transpose(1, 2).reshape(inp.shape) * 0.1 + inp
+    attention = nt.reference.nlsa(x, y, n_hashes=2, chunk_size=8, rotations=rotations)
+    expected = attention.transpose(1, 2).reshape(inp.shape) * 0.1 + inp
     assert rel_err(module(inp, rotations), expected) < 1e-12
 
 

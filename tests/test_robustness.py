@@ -1,6 +1,6 @@
-"""Extreme and unusual inputs on both backends: empty batches, L = 1, tiny images,
-non-contiguous and channels_last layouts, huge norms, NaN pixels, random shapes, and the
-module under DataParallel-style replication, no_grad and inference_mode."""
+"""Extreme and unusual inputs on every backend (triton, torch and reference): empty batches,
+L = 1, tiny images, non-contiguous and channels_last layouts, huge norms, NaN pixels, random
+shapes, and the module under DataParallel-style replication, no_grad and inference_mode."""
 import copy
 import random
 
@@ -11,7 +11,7 @@ import nlsa_triton as nt
 from conftest import DEVICE, rel_err
 from nlsa_triton.buckets import chunk_layout
 
-BACKENDS = ["torch", "triton"]
+BACKENDS = ["torch", "triton", "reference"]
 
 
 def _inputs(n, length, d, c, seed, dtype=torch.float32, scale=1.0):
@@ -178,7 +178,7 @@ def test_nan_pixel_reaches_exactly_the_queries_that_see_it(backend, where):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_nan_pixel_through_the_hash(backend):
-    """A NaN row of x hashes to bucket 0 on both backends; the NaN reaches exactly the queries whose
+    """A NaN row of x hashes to bucket 0 on every backend; the NaN reaches exactly the queries whose
     candidates (from the perm of that hash) contain it."""
     x, y, gen = _inputs(1, 50, 4, 8, seed=9)
     x[0, 11] = float("nan")
@@ -206,7 +206,7 @@ def test_check_perm_false_skips_only_the_permutation_check(backend):
 
 
 # ---------------------------------------------------------------------------------------
-# Random shapes, Triton against the reference
+# Random shapes, Triton and the torch backend against the reference
 
 
 def _draws(count=15, seed=20240611):
@@ -223,9 +223,10 @@ def _draws(count=15, seed=20240611):
     return draws
 
 
+@pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("draw", _draws(), ids=lambda d: "N{n}_L{length}_d{d}_c{c}_R{rounds}_K{chunk}".format(**d))
-def test_random_shapes_triton_equals_reference(draw):
-    """Forward and gradients of the Triton path against the float64 reference."""
+def test_random_shapes_equal_reference(draw, backend):
+    """Forward and gradients of the Triton path (and the torch backend) against the float64 reference."""
     x, y, gen = _inputs(draw["n"], draw["length"], draw["d"], draw["c"], draw["seed"], scale=draw["scale"])
     grad_out = torch.randn(y.shape, generator=gen).to(DEVICE)
     x.requires_grad_(True)
@@ -234,11 +235,11 @@ def test_random_shapes_triton_equals_reference(draw):
         rotations = nt.random_rotations(draw["d"], draw["rounds"], nt.num_buckets(draw["length"], draw["chunk"]),
                                         generator=gen).to(DEVICE)
         out = nt.nlsa(x, y, n_hashes=draw["rounds"], chunk_size=draw["chunk"], rotations=rotations,
-                      backend="triton")
-        perm = nt.bucket_sort(nt.lsh_hash(x, rotations, backend="torch"))
+                      backend=backend)
+        perm = nt.bucket_sort(nt.lsh_hash(x, rotations, backend="reference"))
     else:
         perm = _random_perm(draw["n"], draw["rounds"], draw["length"], gen, n_codes=draw["length"] // 3 + 1)
-        out = nt.chunked_attention(x, y, perm, draw["chunk"], backend="triton")
+        out = nt.chunked_attention(x, y, perm, draw["chunk"], backend=backend)
     x64, y64 = x.detach().double().requires_grad_(True), y.detach().double().requires_grad_(True)
     expected = nt.reference.chunked_attention(x64, y64, perm, draw["chunk"])
     assert out.shape == expected.shape and out.dtype == torch.float32

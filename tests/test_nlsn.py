@@ -1,12 +1,13 @@
-"""NLSN: the authors' checkpoint layout, config inference, and Triton vs reference forward."""
+"""NLSN: the authors' checkpoint layout, checkpoints as users have them, config inference,
+and Triton vs reference forward."""
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import rel_err
-from nlsn_transcription import nlsn_sparse_attention
 
 import nlsa_triton as nt
 from nlsa_triton.models import NLSN
+from nlsa_triton.models.checkpoint import is_nlsn_state_dict
 
 # A tiny NLSN: 16 features (match embedding d = 4), 8 residual blocks -> 2 NLSA blocks.
 TINY = dict(n_feats=16, n_resblocks=8, chunk_size=24, n_hashes=2, res_scale=1.0)
@@ -132,6 +133,89 @@ def test_from_state_dict_rejects_other_checkpoints():
     assert NLSN.infer_config({"model": {"module." + k: t for k, t in sd.items()}})["scale"] == 2
 
 
+def _edsr_state_dict(n_feats=8, n_resblocks=8, scale=2):
+    """An EDSR checkpoint: NLSN's head, residual blocks, tail and mean shifts, no NLSA blocks."""
+    sd = NLSN(scale, n_feats=n_feats, n_resblocks=n_resblocks).state_dict()
+    edsr, block = {}, 0
+    for i in range(n_resblocks + 2 + (n_resblocks // 8)):
+        if f"body.{i}.conv_match.0.weight" in sd:
+            continue
+        for k, t in sd.items():
+            if k.startswith(f"body.{i}."):
+                edsr[k.replace(f"body.{i}.", f"body.{block}.", 1)] = t
+        block += 1
+    edsr.update({k: t for k, t in sd.items() if not k.startswith("body.")})
+    return edsr
+
+
+@pytest.mark.parametrize("wrapper", ["params_ema", "params", "state_dict", "model", "model_state_dict"])
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_wrapped_and_prefixed_checkpoints(wrapper, prefix):
+    """BasicSR's params / params_ema, EDSR-style state_dict / model wrappers, DataParallel's prefix."""
+    torch.manual_seed(0)
+    sd = NLSN(2, n_feats=8, n_resblocks=3).state_dict()
+    wrapped = {wrapper: {prefix + k: t for k, t in sd.items()}, "epoch": 7}
+    m = NLSN.from_state_dict(wrapped)
+    assert all(torch.equal(m.state_dict()[k], t) for k, t in sd.items())
+    assert NLSN.infer_config(wrapped)["n_resblocks"] == 3
+
+
+def test_basicsr_checkpoint_loads_its_ema_weights():
+    """BasicSR saves both; the EMA weights are the ones it evaluates and releases."""
+    sd = NLSN(2, n_feats=8, n_resblocks=1).state_dict()
+    ema = {k: t + 1 if t.is_floating_point() and "mean" not in k else t for k, t in sd.items()}
+    m = NLSN.from_state_dict({"params": sd, "params_ema": ema})
+    assert torch.equal(m.head[0].weight, ema["head.0.weight"])
+
+
+def test_from_file_pt_and_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    src = NLSN(4, n_feats=8, n_resblocks=9, rgb_range=255)
+    torch.save({"params_ema": src.state_dict()}, tmp_path / "x4.pth")
+    save_file(src.state_dict(), tmp_path / "x4.safetensors")
+    for name in ("x4.pth", "x4.safetensors"):
+        m = NLSN.from_file(tmp_path / name, chunk_size=16, backend="torch")
+        assert (m.scale, m.n_resblocks, m.rgb_range, m.chunk_size, m.backend) == (4, 9, 255, 16, "torch")
+        assert all(torch.equal(m.state_dict()[k], t) for k, t in src.state_dict().items())
+
+
+def test_from_file_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint file not found: .*nope.pt"):
+        NLSN.from_file(tmp_path / "nope.pt")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="cannot read .*junk.safetensors as a safetensors file"):
+        NLSN.from_file(junk)
+    edsr = tmp_path / "edsr.pt"
+    torch.save(_edsr_state_dict(), edsr)
+    with pytest.raises(ValueError, match=r"edsr.pt: not an NLSN state_dict .* missing keys body.0.conv_match.0.weight"):
+        NLSN.from_file(edsr)
+
+
+def test_detection_needs_nlsa_blocks():
+    """is_nlsn_state_dict (spandrel's detection) keys on NLSA's conv_match / conv_assembly,
+    so EDSR, whose keys NLSN shares otherwise, is not taken for NLSN."""
+    for scale, n_resblocks in [(2, 1), (3, 8), (4, 32)]:
+        assert is_nlsn_state_dict(NLSN(scale, n_feats=8, n_resblocks=n_resblocks).state_dict())
+    assert not is_nlsn_state_dict(_edsr_state_dict())
+    with pytest.raises(ValueError, match="missing keys body.0.conv_match.0.weight"):
+        NLSN.from_state_dict(_edsr_state_dict())
+
+
+def test_backend_is_shared_by_every_nlsa_block():
+    m = NLSN(2, n_feats=8, n_resblocks=8, backend="torch")
+    assert m.backend == "torch"
+    m.backend = "auto"  # the same as set_backend
+    assert {b.backend for b in m.attention_blocks} == {"auto"} and m.backend == "auto"
+    m.attention_blocks[1].backend = "triton"
+    with pytest.raises(ValueError, match=r"different backends \['auto', 'triton'\]; call set_backend"):
+        _ = m.backend
+    with pytest.raises(ValueError, match="backend must be one of"):
+        m.set_backend("mixed")
+
+
 def test_constructor_validation():
     with pytest.raises(ValueError, match="scale"):
         NLSN(5, n_feats=8)
@@ -143,9 +227,10 @@ def test_constructor_validation():
         NLSN(2, n_feats=8, n_resblocks=1)(torch.rand(1, 3, 4, 4), rotations=[None, None])
 
 
-def _authors_forward(sd, x, rotations, chunk_size, res_scale, scale):
-    """NLSN.forward as the authors' code runs it, from the state_dict tensors: MeanShift,
-    head, body (their NLSA transcription with the given rotations), global skip, tail."""
+def _authors_forward(sd, x, rotations, n_hashes, chunk_size, res_scale, scale):
+    """NLSN.forward as the authors' nlsn.py wires it, from the state_dict tensors: MeanShift,
+    head, body (NLSA by nt.reference.nlsa with the given rotations: test_reference holds it
+    to outputs of the authors' attention), global skip, tail."""
     conv = lambda t, name: F.conv2d(t, sd[name + ".weight"], sd[name + ".bias"],  # noqa: E731
                                     padding=sd[name + ".weight"].shape[-1] // 2)
     x = conv(conv(x, "sub_mean"), "head.0")
@@ -155,7 +240,7 @@ def _authors_forward(sd, x, rotations, chunk_size, res_scale, scale):
             n, c, h, w = res.shape
             xe = conv(res, f"body.{i}.conv_match.0").flatten(2).transpose(1, 2)
             ye = conv(res, f"body.{i}.conv_assembly.0").flatten(2).transpose(1, 2)
-            out = nlsn_sparse_attention(xe, ye, next(rots), chunk_size)
+            out = nt.reference.nlsa(xe, ye, n_hashes=n_hashes, chunk_size=chunk_size, rotations=next(rots))
             res = out.transpose(1, 2).reshape(n, c, h, w) * res_scale + res
         else:
             t = conv(F.relu(conv(res, f"body.{i}.body.0")), f"body.{i}.body.2")
@@ -181,13 +266,14 @@ def _rotations(model, generator):
 
 @pytest.mark.parametrize("scale", [2, 3])
 def test_forward_matches_authors_network(scale):
-    """Reference backend with explicit rotations vs the authors' forward, independently wired."""
+    """The pure-torch backend with explicit rotations vs the authors' forward, independently wired."""
     m = _tiny_model(scale).set_backend("torch")
     x = torch.rand(2, 3, H, W)
     rot = _rotations(m, torch.Generator().manual_seed(3))
     with torch.no_grad():
         ours = m(x, rotations=rot)
-        theirs = _authors_forward(m.state_dict(), x, rot, TINY["chunk_size"], TINY["res_scale"], scale)
+        theirs = _authors_forward(m.state_dict(), x, rot, TINY["n_hashes"], TINY["chunk_size"], TINY["res_scale"],
+                                  scale)
     assert ours.shape == (2, 3, scale * H, scale * W)
     assert rel_err(ours, theirs) < 1e-5
 
@@ -218,7 +304,7 @@ def test_flops_match_torch_flop_counter(scale, h, w):
     aten.convolution and whose hash and chunked attention are einsums (aten.bmm)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    m = NLSN(scale, n_feats=16, n_resblocks=9, chunk_size=24, backend="torch")
+    m = NLSN(scale, n_feats=16, n_resblocks=9, chunk_size=24, backend="reference")
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         m(torch.rand(2, 3, h, w))
     counts = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}

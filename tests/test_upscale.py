@@ -11,9 +11,11 @@ from PIL import Image
 
 from nlsa_triton import upscale
 from nlsa_triton.models import NLSN
+from nlsa_triton.upscale import images, tiling
 
 ROOT = Path(__file__).resolve().parents[1]
 LR_W, LR_H = 11, 9
+TORCH = ["--backend", "torch"]  # the pure-torch NLSA path: no Triton interpreter, fast on the CPU
 
 
 def _checkpoint(path, scale=2, rgb_range=1, seed=0, **kw):
@@ -23,8 +25,8 @@ def _checkpoint(path, scale=2, rgb_range=1, seed=0, **kw):
     return path
 
 
-def _image(path, w=LR_W, h=LR_H, mode="RGB", fmt=None):
-    rng = np.random.default_rng(0)
+def _image(path, w=LR_W, h=LR_H, mode="RGB", fmt=None, seed=0):
+    rng = np.random.default_rng(seed)
     channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
     array = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
     Image.fromarray(array[..., 0] if channels == 1 else array).save(path, format=fmt)
@@ -51,23 +53,34 @@ def _read(path):
         return img.format, img.mode, np.asarray(img)
 
 
+def _expected_pixels(weights, png, seed, size=None):
+    """The model's output on [0, 1] input, optionally resized, quantised as EDSR."""
+    model = NLSN.from_file(weights, backend="torch").eval()
+    lr = torch.from_numpy(_read(png)[2].astype(np.float32)).permute(2, 0, 1)[None] / 255
+    with torch.no_grad():
+        sr = model(lr, generator=torch.Generator().manual_seed(seed))
+    if size is not None:
+        sr = upscale.resize(sr, *size)
+    return (sr[0] * 255).clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_output_is_scale_times_input(tmp_path, capsys, scale):
     weights = _checkpoint(tmp_path / f"x{scale}.pt", scale=scale)
     src = _image(tmp_path / "in.png")
     out = tmp_path / "out.png"
-    code, err = _run([src, out, "--weights", weights, "--seed", 1, "--backend", "torch", "--chunk-size", 16], capsys)
+    code, err = _run([src, out, "--weights", weights, "--seed", 1, *TORCH, "--chunk-size", 16], capsys)
     assert code == 0, err
     fmt, mode, pixels = _read(out)
     assert (fmt, mode, pixels.shape) == ("PNG", "RGB", (scale * LR_H, scale * LR_W, 3))
-    assert f"x{scale}" in err
+    assert f"NLSN x{scale}" in err
 
 
 def test_seed_is_reproducible_and_matters(files, capsys):
     outs = []
     for i, seed in enumerate([5, 5, 6]):
         out = files["tmp"] / f"o{i}.png"
-        code, err = _run([files["png"], out, "--weights", files["weights"], "--seed", seed, "--backend", "torch",
+        code, err = _run([files["png"], out, "--weights", files["weights"], "--seed", seed, *TORCH,
                           "--chunk-size", 4, "--res-scale", 1, "--quiet"], capsys)
         assert code == 0, err
         outs.append(_read(out)[2])
@@ -77,23 +90,28 @@ def test_seed_is_reproducible_and_matters(files, capsys):
 
 def test_matches_model_forward(files, capsys):
     """The CLI's pixels are the model's output on [0, rgb_range] input, quantised as EDSR."""
-    code, err = _run([files["png"], files["out"], "--weights", files["weights"], "--seed", 3,
-                      "--backend", "torch", "--chunk-size", 16], capsys)
+    code, err = _run([files["png"], files["out"], "--weights", files["weights"], "--seed", 3, *TORCH], capsys)
     assert code == 0, err
-    model = NLSN.from_state_dict(torch.load(files["weights"]), chunk_size=16, backend="torch").eval()
-    lr = torch.from_numpy(_read(files["png"])[2].astype(np.float32)).permute(2, 0, 1)[None] / 255
-    with torch.no_grad():
-        sr = model(lr, generator=torch.Generator().manual_seed(3))
-    expected = (sr[0] * 255).clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    assert np.array_equal(_read(files["out"])[2], expected)
+    assert np.array_equal(_read(files["out"])[2], _expected_pixels(files["weights"], files["png"], 3))
+
+
+@pytest.mark.parametrize("outscale,size", [(3, (27, 33)), (1.5, (14, 17))])
+def test_outscale_resizes_the_network_output(files, capsys, outscale, size):
+    """--outscale: the x2 network's output, resized (bicubic, antialiased) to round(outscale * size)."""
+    code, err = _run([files["png"], files["out"], "--weights", files["weights"], "--seed", 3, *TORCH,
+                      "--outscale", outscale], capsys)
+    assert code == 0, err
+    pixels = _read(files["out"])[2]
+    assert pixels.shape == (*size, 3) and f"({size[1]}x{size[0]})" in err
+    assert np.array_equal(pixels, _expected_pixels(files["weights"], files["png"], 3, size))
 
 
 def test_rgb_range_read_from_checkpoint_and_overridable(tmp_path, capsys):
     weights = _checkpoint(tmp_path / "r255.pt", rgb_range=255)
     src, out = _image(tmp_path / "in.png"), tmp_path / "out.png"
-    code, err = _run([src, out, "--weights", weights, "--backend", "torch"], capsys)
+    code, err = _run([src, out, "--weights", weights, *TORCH], capsys)
     assert code == 0 and "rgb_range 255" in err
-    code, err = _run([src, out, "--weights", weights, "--backend", "torch", "--rgb-range", 1], capsys)
+    code, err = _run([src, out, "--weights", weights, *TORCH, "--rgb-range", 1], capsys)
     assert code == 0 and "warning: --rgb-range 1 differs" in err and "rgb_range 1," in err
 
 
@@ -111,27 +129,46 @@ def test_tiles_equal_whole_image_when_attention_is_identity(tmp_path, capsys):
     torch.save(sd, weights)
     src = _image(tmp_path / "in.png", w=23, h=17)
     whole, tiled = tmp_path / "whole.png", tmp_path / "tiled.png"
-    assert _run([src, whole, "--weights", weights, "--backend", "torch"], capsys)[0] == 0
-    code, err = _run([src, tiled, "--weights", weights, "--backend", "torch", "--tile", 8], capsys)
+    assert _run([src, whole, "--weights", weights, *TORCH], capsys)[0] == 0
+    code, err = _run([src, tiled, "--weights", weights, *TORCH, "--tile", 8], capsys)
     assert code == 0, err
-    assert "tiles [" in err and "9/9" in err  # 3 x 3 tiles, progress on stderr
     a, b = _read(whole)[2].astype(int), _read(tiled)[2].astype(int)
     assert a.shape == b.shape == (51, 69, 3)
     assert np.abs(a - b).max() <= 1  # equal up to float rounding at a .5 boundary
 
 
 def test_upscale_tensor_tiles_without_overlap_differ(files):
-    """Overlap 0 cuts the receptive field at tile borders: a sanity check of the test above."""
-    model = NLSN.from_state_dict(torch.load(files["weights"]), chunk_size=16, backend="torch").eval()
+    """Padding 0 cuts the receptive field at tile borders: a sanity check of the test above."""
+    model = NLSN.from_file(files["weights"], chunk_size=16, backend="torch").eval()
     lr = torch.rand(1, 3, 12, 12)
     whole = upscale.upscale_tensor(model, lr, generator=torch.Generator().manual_seed(0))
-    tiled = upscale.upscale_tensor(model, lr, tile=6, overlap=0, generator=torch.Generator().manual_seed(0))
+    tiled = upscale.upscale_tensor(model, lr, tile=6, tile_pad=0, generator=torch.Generator().manual_seed(0))
     assert whole.shape == tiled.shape == (1, 3, 24, 24)
     assert not torch.allclose(whole, tiled)
 
 
+def test_progress_bars_on_a_terminal_only(tmp_path, capsys, monkeypatch):
+    """tqdm bars over images and tiles when stderr is a terminal; none with --quiet or
+    when it is not (a log file), where the per-image lines and the summary remain."""
+    weights = _checkpoint(tmp_path / "w.pt")
+    folder = tmp_path / "lr"
+    folder.mkdir()
+    for i in range(2):
+        _image(folder / f"{i}.png", seed=i)
+    argv = ["-i", folder, "-o", tmp_path / "sr", "--weights", weights, *TORCH, "--tile", 5]
+    code, err = _run(argv, capsys)
+    assert code == 0 and "images:" not in err and "tiles:" not in err
+    assert err.count(" -> ") == 2
+    assert err.strip().splitlines()[-1].startswith("2 images in ")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, err = _run(argv, capsys)
+    assert code == 0 and "images: 100%" in err and "2/2" in err and "tiles:" in err
+    code, err = _run([*argv, "--quiet"], capsys)
+    assert code == 0 and err == ""
+
+
 def test_oom_falls_back_to_tiles(files, monkeypatch, capsys):
-    model = NLSN.from_state_dict(torch.load(files["weights"]), chunk_size=16, backend="torch").eval()
+    model = NLSN.from_file(files["weights"], chunk_size=16, backend="torch").eval()
     real_forward = model.forward
 
     limit = [16 * 16]
@@ -143,17 +180,17 @@ def test_oom_falls_back_to_tiles(files, monkeypatch, capsys):
 
     monkeypatch.setattr(model, "forward", forward)
     lr = torch.rand(1, 3, 40, 40)
-    sr = upscale.upscale_with_fallback(model, lr, tile=None, overlap=0, seed=0, progress=True)
+    sr = upscale.upscale_with_fallback(model, lr, tile=None, tile_pad=0, seed=0)
     err = capsys.readouterr().err
     assert sr.shape == (1, 3, 80, 80)
-    assert "retrying in tiles of 32" in err and "retrying in tiles of 16" in err and "tiles [" in err
-    expected = upscale.upscale_tensor(model, lr, tile=16, overlap=0, generator=torch.Generator().manual_seed(0))
+    assert "retrying in tiles of 32" in err and "retrying in tiles of 16" in err
+    expected = upscale.upscale_tensor(model, lr, tile=16, tile_pad=0, generator=torch.Generator().manual_seed(0))
     assert torch.equal(sr, expected)  # the retry starts from a freshly seeded generator
     limit[0] = 0
     with pytest.raises(upscale.UpscaleError, match="out of memory on cpu even in tiles of 16 x 16 pixels"):
-        upscale.upscale_with_fallback(model, lr, tile=None, overlap=0, seed=0, progress=False)
+        upscale.upscale_with_fallback(model, lr, tile=None, tile_pad=0, seed=0)
     with pytest.raises(upscale.UpscaleError, match="even in tiles of 12 x 12 pixels"):  # the last size tried
-        upscale.upscale_with_fallback(model, lr, tile=12, overlap=0, seed=0, progress=False)
+        upscale.upscale_with_fallback(model, lr, tile=12, tile_pad=0, seed=0)
 
 
 CPU_OOM = "DefaultCPUAllocator: can't allocate memory: you tried to allocate 68719476736 bytes."
@@ -161,7 +198,7 @@ CPU_OOM = "DefaultCPUAllocator: can't allocate memory: you tried to allocate 687
 
 def test_cpu_allocator_oom_falls_back_to_tiles(files, monkeypatch, capsys):
     """torch's CPU allocator raises a plain RuntimeError, not torch.OutOfMemoryError."""
-    model = NLSN.from_state_dict(torch.load(files["weights"]), chunk_size=16, backend="torch").eval()
+    model = NLSN.from_file(files["weights"], chunk_size=16, backend="torch").eval()
     real_forward = model.forward
 
     def forward(x, **kw):
@@ -171,9 +208,9 @@ def test_cpu_allocator_oom_falls_back_to_tiles(files, monkeypatch, capsys):
 
     monkeypatch.setattr(model, "forward", forward)
     lr = torch.rand(1, 3, 40, 40)
-    sr = upscale.upscale_with_fallback(model, lr, tile=None, overlap=0, seed=0, progress=False)
+    sr = upscale.upscale_with_fallback(model, lr, tile=None, tile_pad=0, seed=0)
     assert "retrying in tiles of 16" in capsys.readouterr().err
-    expected = upscale.upscale_tensor(model, lr, tile=16, overlap=0, generator=torch.Generator().manual_seed(0))
+    expected = upscale.upscale_tensor(model, lr, tile=16, tile_pad=0, generator=torch.Generator().manual_seed(0))
     assert torch.equal(sr, expected)
 
 
@@ -181,14 +218,13 @@ def test_oom_that_survives_the_fallback_is_a_clear_error(files, monkeypatch, cap
     def out_of_memory(*args, **kwargs):
         raise RuntimeError(CPU_OOM)
 
-    monkeypatch.setattr(upscale, "upscale_tensor", out_of_memory)
-    code, err = _run([files["png"], files["out"], "--weights", files["weights"], "--backend", "torch",
-                      "--tile", 20], capsys)
-    assert code == 1 and "error: out of memory on cpu even in tiles of 16 x 16 pixels" in err
+    monkeypatch.setattr(tiling, "upscale_tensor", out_of_memory)
+    code, err = _run([files["png"], files["out"], "--weights", files["weights"], *TORCH, "--tile", 20], capsys)
+    assert code == 1 and f"error: {files['png']}: out of memory on cpu even in tiles of 16 x 16 pixels" in err
     assert "Traceback" not in err and not files["out"].exists()
     # An OOM outside the tiled runs (here: moving the weights to the device) is reported too.
     monkeypatch.setattr(NLSN, "to", out_of_memory)
-    code, err = _run([files["png"], files["out"], "--weights", files["weights"], "--backend", "torch"], capsys)
+    code, err = _run([files["png"], files["out"], "--weights", files["weights"], *TORCH], capsys)
     assert code == 1 and "error: out of memory on cpu: DefaultCPUAllocator: can't allocate memory" in err
 
 
@@ -209,9 +245,149 @@ def test_auto_backend_runs_the_triton_path(files, capsys, monkeypatch):
                       "--device", device, "--chunk-size", 16], capsys)
     assert code == 0, err
     assert "NLSA backend triton" in err
-    n_attention = len(NLSN.from_state_dict(torch.load(files["weights"])).attention_blocks)
+    n_attention = len(NLSN.from_file(files["weights"]).attention_blocks)
     assert len(calls) == n_attention  # every NLSA block ran the kernels, once
     assert _read(files["out"])[2].shape == (2 * LR_H, 2 * LR_W, 3)
+
+
+def test_jpeg_webp_bmp_and_other_modes(tmp_path, capsys):
+    weights = _checkpoint(tmp_path / "w.pt")
+    for name, mode, fmt in [("in.jpg", "RGB", "JPEG"), ("in.webp", "RGB", "WEBP"), ("in.bmp", "RGB", "BMP"),
+                            ("gray.png", "L", None), ("alpha.png", "RGBA", None)]:
+        src = _image(tmp_path / name, mode=mode, fmt=fmt)
+        out = tmp_path / (name + ".out.png")
+        code, err = _run([src, out, "--weights", weights, *TORCH], capsys)
+        assert code == 0, err
+        assert _read(out)[2].shape == (2 * LR_H, 2 * LR_W, 3)
+
+
+def test_safetensors_checkpoint(files, capsys):
+    from safetensors.torch import save_file
+
+    weights = files["tmp"] / "x2.safetensors"
+    save_file(torch.load(files["weights"]), weights)
+    code, err = _run([files["png"], files["out"], "--weights", weights, "--seed", 3, *TORCH], capsys)
+    assert code == 0, err
+    assert np.array_equal(_read(files["out"])[2], _expected_pixels(files["weights"], files["png"], 3))
+
+
+# -- folders ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Four readable images of four formats, one corrupt PNG and a text file (ignored)."""
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    for i, (name, fmt) in enumerate([("a.png", "PNG"), ("b.jpg", "JPEG"), ("c.webp", "WEBP"), ("d.bmp", "BMP")]):
+        _image(lr / name, fmt=fmt, seed=i)
+    (lr / "broken.png").write_bytes(b"not a PNG")
+    (lr / "notes.txt").write_text("not an image")
+    return lr
+
+
+def test_folder_run_goes_past_an_unreadable_image(folder, tmp_path, capsys):
+    weights = _checkpoint(tmp_path / "w.pt")
+    out = tmp_path / "sr"  # created by the run
+    code, err = _run(["-i", folder, "-o", out, "--weights", weights, *TORCH, "--seed", 0], capsys)
+    assert code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["a_out.png", "b_out.jpg", "c_out.webp", "d_out.bmp"]
+    for name, fmt in [("a_out.png", "PNG"), ("b_out.jpg", "JPEG"), ("c_out.webp", "WEBP"), ("d_out.bmp", "BMP")]:
+        assert _read(out / name)[:2] == (fmt, "RGB") and _read(out / name)[2].shape == (2 * LR_H, 2 * LR_W, 3)
+    assert f"error: cannot read {folder / 'broken.png'} as an image" in err
+    summary = err.strip().splitlines()[-1]
+    assert summary.startswith("5 images in ")
+    assert summary.endswith(f"s: 4 upscaled, 0 skipped, 1 failed ({folder / 'broken.png'})")
+
+
+def test_skip_existing_resumes_a_folder_run(folder, tmp_path, capsys):
+    weights = _checkpoint(tmp_path / "w.pt")
+    (folder / "broken.png").unlink()
+    out = tmp_path / "sr"
+    out.mkdir()
+    (out / "a_out.png").write_bytes(b"kept")  # what an interrupted run had finished
+    code, err = _run(["-i", folder, "-o", out, "--weights", weights, *TORCH, "--skip-existing"], capsys)
+    assert code == 0, err
+    assert (out / "a_out.png").read_bytes() == b"kept"
+    assert err.strip().splitlines()[-1].endswith("s: 3 upscaled, 1 skipped, 0 failed")
+    code, err = _run(["-i", folder, "-o", out, "--weights", weights, *TORCH], capsys)  # no flag: overwritten
+    assert code == 0 and _read(out / "a_out.png")[0] == "PNG"
+
+
+@pytest.mark.parametrize("suffix,ext,names", [
+    ("x2", "png", ["a_x2.png", "b_x2.png", "c_x2.png", "d_x2.png"]),
+    ("", "jpg", ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]),
+])
+def test_suffix_and_ext(folder, tmp_path, capsys, suffix, ext, names):
+    weights = _checkpoint(tmp_path / "w.pt")
+    (folder / "broken.png").unlink()
+    out = tmp_path / "sr"
+    code, err = _run(["-i", folder, "-o", out, "--weights", weights, *TORCH, "--suffix", suffix, "--ext", ext],
+                     capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == names
+    assert {_read(out / n)[0] for n in names} == {"PNG" if ext == "png" else "JPEG"}
+
+
+def test_default_output_folder_is_results(files, capsys, monkeypatch):
+    monkeypatch.chdir(files["tmp"])
+    code, err = _run(["-i", files["png"], "--weights", files["weights"], *TORCH], capsys)
+    assert code == 0, err
+    assert _read(files["tmp"] / "results" / "in_out.png")[2].shape == (2 * LR_H, 2 * LR_W, 3)
+    code, err = _run([files["png"], "-o", "sr", "--weights", files["weights"], *TORCH], capsys)  # IN -o OUT
+    assert code == 0 and (files["tmp"] / "sr" / "in_out.png").is_file()
+
+
+def test_inputs_are_never_overwritten(folder, tmp_path, capsys):
+    weights = _checkpoint(tmp_path / "w.pt")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    code, err = _run(["-i", folder, "-o", folder, "--weights", weights, *TORCH, "--suffix", ""], capsys)
+    assert code == 1 and "error: --output: refusing to overwrite the input" in err
+    src = folder / "a.png"
+    code, err = _run([src, src, "--weights", weights, *TORCH], capsys)
+    assert code == 1 and f"refusing to overwrite the input {src}" in err
+    link = tmp_path / "link.png"  # another name for the same file is the same file
+    link.symlink_to(src)
+    code, err = _run([src, link, "--weights", weights, *TORCH], capsys)
+    assert code == 1 and "refusing to overwrite the input" in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    # The same folder with a suffix is fine: the outputs are new files.
+    (folder / "broken.png").unlink()
+    code, err = _run(["-i", folder, "-o", folder, "--weights", weights, *TORCH], capsys)
+    assert code == 0, err
+
+
+def test_two_inputs_to_one_output_refused(tmp_path, capsys):
+    weights = _checkpoint(tmp_path / "w.pt")
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    _image(lr / "a.png")
+    _image(lr / "a.jpg", fmt="JPEG")
+    code, err = _run(["-i", lr, "-o", tmp_path / "sr", "--weights", weights, "--ext", "png"], capsys)
+    assert code == 1 and "would both be written to" in err and "a_out.png" in err
+    assert not (tmp_path / "sr").exists()  # refused before anything was created
+
+
+def test_an_interrupted_write_leaves_no_file(files, monkeypatch):
+    """The image goes to a temporary file first: a failure or an interrupt mid-write leaves
+    neither a partial output nor the temporary file."""
+    model = NLSN.from_file(files["weights"], backend="torch").eval()
+    sr = upscale.upscale_tensor(model, torch.rand(1, 3, 4, 4))
+    files["out"].write_bytes(b"previous")
+
+    def save(self, fp, *args, **kwargs):
+        fp.write(b"half an image")
+        raise error
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    for error, expected in [(OSError("disk full"), upscale.UpscaleError), (KeyboardInterrupt(), KeyboardInterrupt)]:
+        with pytest.raises(expected):
+            images.write_image(sr, files["out"], 1)
+        assert files["out"].read_bytes() == b"previous"
+        assert sorted(p.name for p in files["tmp"].iterdir()) == ["in.png", "out.png", "x2.pt"]
+
+
+# -- errors ---------------------------------------------------------------------------------
 
 
 def test_missing_output_folder(files, capsys):
@@ -219,34 +395,26 @@ def test_missing_output_folder(files, capsys):
     assert code == 1 and "output folder does not exist" in err
 
 
-def test_jpeg_and_other_modes(tmp_path, capsys):
-    weights = _checkpoint(tmp_path / "w.pt")
-    for name, mode, fmt in [("in.jpg", "RGB", "JPEG"), ("gray.png", "L", None), ("alpha.png", "RGBA", None)]:
-        src = _image(tmp_path / name, mode=mode, fmt=fmt)
-        out = tmp_path / (name + ".out.png")
-        code, err = _run([src, out, "--weights", weights, "--backend", "torch"], capsys)
-        assert code == 0, err
-        assert _read(out)[2].shape == (2 * LR_H, 2 * LR_W, 3)
-
-
-# -- errors ---------------------------------------------------------------------------------
-
-
 def test_missing_input(files, capsys):
     code, err = _run([files["tmp"] / "nope.png", files["out"], "--weights", files["weights"]], capsys)
-    assert code == 1 and "input image not found" in err and not files["out"].exists()
+    assert code == 1 and f"error: --input {files['tmp'] / 'nope.png'}: no such file or folder" in err
+    assert not files["out"].exists()
+    empty = files["tmp"] / "empty"
+    empty.mkdir()
+    code, err = _run(["-i", empty, "--weights", files["weights"]], capsys)
+    assert code == 1 and "no PNG, JPEG, WebP or BMP images in this folder" in err
 
 
 def test_missing_weights(files, capsys):
     code, err = _run([files["png"], files["out"], "--weights", files["tmp"] / "nope.pt"], capsys)
-    assert code == 1 and "weights file not found" in err
+    assert code == 1 and "error: --weights: checkpoint file not found" in err
 
 
 def test_unreadable_image(files, capsys):
     bad = files["tmp"] / "bad.png"
     bad.write_text("this is not a PNG")
-    code, err = _run([bad, files["out"], "--weights", files["weights"]], capsys)
-    assert code == 1 and "cannot read" in err and "as an image" in err
+    code, err = _run([bad, files["out"], "--weights", files["weights"], *TORCH], capsys)
+    assert code == 1 and "cannot read" in err and "as an image" in err and "1 failed" in err
 
 
 def test_checkpoint_not_nlsn(files, capsys):
@@ -265,12 +433,29 @@ def test_scale_mismatch(files, capsys):
     assert code == 1 and "--scale 4 does not match the checkpoint, which is x2" in err
 
 
-def test_bad_arguments_exit_2(files, capsys):
+def test_half_precision_needs_cuda(files, capsys):
+    code, err = _run([files["png"], files["out"], "--weights", files["weights"], "--dtype", "float16",
+                      "--device", "cpu"], capsys)
+    assert code == 1 and "--dtype float16 needs a CUDA --device (got cpu)" in err
+
+
+def test_contradicting_ext_and_output_file(files, capsys):
+    code, err = _run([files["png"], files["out"], "--weights", files["weights"], "--ext", "jpg"], capsys)
+    assert code == 1 and f"--ext jpg contradicts the output file name {files['out']}" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["{png}", "{out}", "--weights", "{weights}", "--tile", "-1"],
+    ["{png}", "{out}", "--weights", "{weights}", "--outscale", "0"],
+    ["{png}", "{out}"],  # --weights is required
+    ["{png}", "-i", "{png}", "--weights", "{weights}"],  # the input given twice
+    ["{png}", "{out}", "-o", "{out}", "--weights", "{weights}"],  # the output given twice
+    ["--weights", "{weights}"],  # no input
+    ["{png}", "{out}", "--weights", "{weights}", "--dtype", "float64"],
+])
+def test_bad_arguments_exit_2(files, argv):
     with pytest.raises(SystemExit) as e:
-        upscale.main([str(files["png"]), str(files["out"]), "--weights", str(files["weights"]), "--tile", "0"])
-    assert e.value.code == 2
-    with pytest.raises(SystemExit) as e:
-        upscale.main([str(files["png"]), str(files["out"])])  # --weights is required
+        upscale.main([a.format(**files) for a in argv])
     assert e.value.code == 2
 
 
@@ -284,10 +469,10 @@ def test_python_dash_m(files):
     """`python -m nlsa_triton.upscale` in a subprocess: success, then a failure's exit status."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "nlsa_triton.upscale", str(files["png"]), str(files["out"]),
-           "--weights", str(files["weights"]), "--backend", "torch", "--seed", "0", "--device", "cpu"]
+           "--weights", str(files["weights"]), *TORCH, "--seed", "0", "--device", "cpu"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert _read(files["out"])[2].shape == (2 * LR_H, 2 * LR_W, 3)
     cmd[3] = str(files["tmp"] / "missing.png")
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 1 and "error: input image not found" in done.stderr
+    assert done.returncode == 1 and "no such file or folder" in done.stderr

@@ -29,8 +29,14 @@ import torch
 from torch import Tensor
 
 from . import _validation as v
+from ._backend import TRITON_MISSING
 from .buckets import chunk_layout
-from .kernels import chunked_attention_bwd, chunked_attention_fwd, lsh_hash_triton
+
+# Without triton (it has wheels for Linux only) the ops are still registered, since their
+# schemas and fakes need no kernel, but resolve_backend never sends a call to them.
+if TRITON_MISSING is None:
+    from .kernels import chunked_attention_bwd, chunked_attention_fwd, lsh_hash_triton
+
 
 def _unit_last_stride(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()

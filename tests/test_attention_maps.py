@@ -132,16 +132,18 @@ def test_numpy_integer_query_and_other_validation():
         nt.attention_maps(x, 4, n_hashes=0)
 
 
-def test_figure_script_writes_png(tmp_path):
-    """bench/attention_maps_figure.py runs end to end on its synthetic image (small size)."""
+@pytest.mark.parametrize("source", [[], ["--synthetic"]], ids=["sample_photo", "synthetic"])
+def test_figure_script_writes_png(tmp_path, source):
+    """examples/attention_maps_figure.py runs end to end (small size) on matplotlib's sample
+    photograph, the README's figure, and on its synthetic image."""
     pytest.importorskip("matplotlib")
     import importlib.util
     import pathlib
 
-    script = pathlib.Path(__file__).resolve().parents[1] / "bench" / "attention_maps_figure.py"
+    script = pathlib.Path(__file__).resolve().parents[1] / "examples" / "attention_maps_figure.py"
     spec = importlib.util.spec_from_file_location("attention_maps_figure", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     output = tmp_path / "maps.png"
-    module.main(["--size", "32", "--n-hashes", "2", "--chunk-size", "16", "-o", str(output)])
+    module.main([*source, "--size", "32", "--n-hashes", "2", "--chunk-size", "16", "-o", str(output)])
     assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

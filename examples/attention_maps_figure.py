@@ -1,4 +1,4 @@
-"""Draw the seed paper's Figure 1: NLSA's attention maps for one query pixel of an image.
+"""Draw NLSA's attention maps for one query pixel of an image (Figure 1 of the NLSN paper).
 
 NLSN's supplementary material (section 3) visualises, for one chosen point of an image,
 the attention of each hash round and of the combined attention. This script draws the
@@ -6,7 +6,7 @@ same panels with ``nlsa_triton.attention_maps``: the image with the query marked
 panel per hash round (the softmax weights over that round's candidates, i.e. the query's
 chunk and its two neighbouring chunks in the round's bucket order), and the combined map
 (the weights with which ``nlsa`` forms the query's output). It writes a PNG (matplotlib,
-Agg backend) and runs on CPU in about a second at the default 96 x 96.
+Agg backend) and runs on CPU in a few seconds at the default 128 x 128.
 
 The match embedding. NLSN computes it with a learned 3x3 conv (``conv_match``) inside a
 trained super-resolution network; no trained weights are available offline, and an
@@ -20,14 +20,20 @@ in for the gain a trained conv would have learned. Hash rotations come from a se
 ``torch.Generator`` (``--seed``), so the figure is reproducible.
 
 Usage:
-    python bench/attention_maps_figure.py                      # synthetic test image
-    python bench/attention_maps_figure.py photo.jpg --query 40 52 -o out.png
+    python examples/attention_maps_figure.py                   # the README's figure
+    python examples/attention_maps_figure.py --synthetic       # synthetic test image
+    python examples/attention_maps_figure.py photo.jpg --query 40 52 -o out.png
 
-With no image path, a synthetic 96 x 96 image is generated: a sky gradient, several
-identical red discs, a patch of diagonal stripes and a checkerboard. The default query
-sits at the centre of one red disc, so the maps should concentrate on the other discs,
-not on the pixels near the query: the content-based, non-local sparsity the paper argues
-for (criss-cross attention, by contrast, would see only the query's row and column).
+With no image path, the photograph is matplotlib's sample ``grace_hopper.jpg`` (it ships
+with matplotlib, so the figure needs no download), centre-cropped to a square, and the
+query sits on a white star of the flag behind her: the maps should find the other stars
+and other white patches, not the pixels near the query. That is the content-based,
+non-local sparsity the paper argues for (criss-cross attention, by contrast, would see
+only the query's row and column). The figure goes to ``docs/images/attention_maps.png``,
+the README's image.
+
+``--synthetic`` generates an image instead: a sky gradient, several identical red discs,
+a patch of diagonal stripes and a checkerboard, the query at the centre of one disc.
 """
 from __future__ import annotations
 
@@ -43,12 +49,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from matplotlib.cbook import get_sample_data  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import nlsa_triton as nt  # noqa: E402
 
-DEFAULT_OUTPUT = pathlib.Path(__file__).resolve().parent / "results" / "figures" / "attention_maps.png"
+README_FIGURE = pathlib.Path(__file__).resolve().parents[1] / "docs" / "images" / "attention_maps.png"
+SAMPLE_PHOTO = "grace_hopper.jpg"
+# The centre of a flag star in the square crop of the sample photo, as fractions of its side.
+SAMPLE_QUERY = (0.086, 0.133)
 DISC_CENTRES = [(18, 14), (22, 50), (50, 30), (70, 78), (44, 64), (84, 40)]
 DISC_RADIUS = 6
 
@@ -74,7 +84,7 @@ def synthetic_image(size: int = 96) -> np.ndarray:
     return img
 
 
-def load_image(path: str, size: int) -> np.ndarray:
+def load_image(path, size: int) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
@@ -99,7 +109,14 @@ def draw(img, maps, query, n_hashes, output, title):
     h, w = img.shape[:2]
     qh, qw = query
     panels = n_hashes + 2
-    fig, axes = plt.subplots(1, panels, figsize=(2.6 * panels, 3.0), constrained_layout=True)
+    rows = 1 if panels <= 4 else 2  # two rows keep the panels legible at README width
+    cols = -(-panels // rows)
+    fig, grid = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.0 * rows + 0.6), constrained_layout=True,
+                             squeeze=False)
+    axes = grid.ravel()
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    axes = axes[:panels]
     axes[0].imshow(img, interpolation="nearest")
     axes[0].set_title("image and query")
     for r in range(n_hashes + 1):
@@ -125,11 +142,15 @@ def draw(img, maps, query, n_hashes, output, title):
 
 def main(argv=None) -> pathlib.Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("image", nargs="?", help="PNG/JPEG image (default: a synthetic test image)")
-    parser.add_argument("-o", "--output", type=pathlib.Path, default=DEFAULT_OUTPUT)
-    parser.add_argument("--size", type=int, default=96, help="side of the (square) image in pixels")
+    parser.add_argument("image", nargs="?", help=f"PNG/JPEG image (default: matplotlib's sample {SAMPLE_PHOTO})")
+    parser.add_argument("--synthetic", action="store_true", help="draw on a generated test image instead")
+    parser.add_argument("-o", "--output", type=pathlib.Path,
+                        help="PNG to write (default: docs/images/attention_maps.png for the sample "
+                             "photo, ./attention_maps_<image name>.png otherwise)")
+    parser.add_argument("--size", type=int, default=128, help="side of the (square) image in pixels")
     parser.add_argument("--query", type=int, nargs=2, metavar=("ROW", "COL"),
-                        help="query pixel (default: a red disc's centre, or the image centre)")
+                        help="query pixel (default: a flag star of the sample photo, a red disc's "
+                             "centre of the synthetic image, the centre of any other image)")
     parser.add_argument("--n-hashes", type=int, default=4)
     parser.add_argument("--chunk-size", type=int, default=144)
     parser.add_argument("--sharpness", type=float, default=6.0,
@@ -138,17 +159,26 @@ def main(argv=None) -> pathlib.Path:
     args = parser.parse_args(argv)
     if args.size < 3:
         parser.error("--size must be >= 3")
+    if args.synthetic and args.image:
+        parser.error("give an image or --synthetic, not both")
 
     start = time.perf_counter()
-    if args.image:
-        img = load_image(args.image, args.size)
-        query = tuple(args.query) if args.query else (args.size // 2, args.size // 2)
-        source = f"image {pathlib.Path(args.image).name}"
-    else:
+    if args.synthetic:
         img = synthetic_image(args.size)
         cy, cx = DISC_CENTRES[2]
-        query = tuple(args.query) if args.query else (round(cy * args.size / 96), round(cx * args.size / 96))
-        source = "synthetic image"
+        default_query = (round(cy * args.size / 96), round(cx * args.size / 96))
+        source, output = "synthetic image", pathlib.Path("attention_maps_synthetic.png")
+    elif args.image:
+        img = load_image(args.image, args.size)
+        default_query = (args.size // 2, args.size // 2)
+        name = pathlib.Path(args.image)
+        source, output = f"image {name.name}", pathlib.Path(f"attention_maps_{name.stem}.png")
+    else:
+        img = load_image(get_sample_data(SAMPLE_PHOTO, asfileobj=False), args.size)
+        default_query = (round(SAMPLE_QUERY[0] * args.size), round(SAMPLE_QUERY[1] * args.size))
+        source, output = f"photograph {SAMPLE_PHOTO} (matplotlib's sample data)", README_FIGURE
+    query = tuple(args.query) if args.query else default_query
+    output = args.output or output
     h, w = img.shape[:2]
     if not (0 <= query[0] < h and 0 <= query[1] < w):
         parser.error(f"--query must lie in the {h} x {w} image, got {query}")
@@ -158,14 +188,14 @@ def main(argv=None) -> pathlib.Path:
         x, query[0] * w + query[1], n_hashes=args.n_hashes, chunk_size=args.chunk_size,
         generator=torch.Generator().manual_seed(args.seed),
     )[0].numpy()
-    title = (f"NLSA attention for query (row {query[0]}, col {query[1]}, cyan +) of the {source}, "
+    title = (f"NLSA attention for query (row {query[0]}, col {query[1]}, cyan +) of the {source},\n"
              f"{h}x{w}: {args.n_hashes} hash rounds, chunk {args.chunk_size}, "
              f"{nt.num_buckets(h * w, args.chunk_size)} buckets, 3x3 RGB patch embedding "
              f"(seed {args.seed}).\nColoured: candidates of the query, by weight "
              f"(square-root scale; px = distinct candidate pixels); grey: not a candidate.")
-    draw(img, maps, query, args.n_hashes, args.output, title)
-    print(f"wrote {args.output} in {time.perf_counter() - start:.2f} s")
-    return args.output
+    draw(img, maps, query, args.n_hashes, output, title)
+    print(f"wrote {output} in {time.perf_counter() - start:.2f} s")
+    return output
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import AuxRequest, BlockMask, create_block_mask, flex_attention
 
 import nlsa_triton as nt
-from nlsa_triton.buckets import chunk_layout
+from nlsa_triton.chunks import chunk_layout
 
 KEY_NORM_EPS = 5e-5
 # The sweep asks for more shapes, dtypes and masks than dynamo's default recompile limit

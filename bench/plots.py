@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import read_csv  # noqa: E402
 from providers import HASHED, PROVIDERS  # noqa: E402
+from schema import read_csv  # noqa: E402
 
 COLORS = {"nlsa_triton": "tab:red", "nlsa_flex": "tab:purple", "nlsa_torch": "tab:orange",
           "nlsa_reference": "tab:brown", "nla_torch": "tab:blue", "nla_sdpa": "tab:cyan",
@@ -51,84 +51,76 @@ def _reference_hashes(rows) -> int | None:
     return PREFERRED_HASHES if PREFERRED_HASHES in present else present[-1]
 
 
-def _panels(rows):
-    modes = [m for m in ("fwd", "fwd_bwd") if any(r["mode"] == m for r in rows)]
-    modes += sorted({r["mode"] for r in rows} - set(modes))
-    channels = sorted({r["channels"] for r in rows})
-    return modes, channels
-
-
-def _figure(plt, modes, channels, title):
-    fig, axes = plt.subplots(len(modes), len(channels), figsize=(5.2 * len(channels), 4.0 * len(modes)),
-                             squeeze=False)
-    fig.suptitle(title, fontsize=11)
-    return fig, axes
-
-
 def _series(rows, provider, mode, channels, n_hashes):
     """{pixels: row} of one plotted line: one provider, mode and channels (and, for the
-    hashed providers, n_hashes), keyed by H * W and sorted by it."""
-    out = {}
-    for r in rows:
-        if (r["provider"], r["mode"], r["channels"]) == (provider, mode, channels) and (
-            provider not in HASHED or r["n_hashes"] == n_hashes
-        ):
-            out[r["height"] * r["width"]] = r
-    return dict(sorted(out.items()))
+    hashed providers, n_hashes), sorted by H * W."""
+    return dict(sorted((r["height"] * r["width"], r) for r in rows
+                       if (r["provider"], r["mode"], r["channels"]) == (provider, mode, channels)
+                       and (provider not in HASHED or r["n_hashes"] == n_hashes)))
 
 
 def _line_label(provider, n_hashes):
     return f"{provider} (R={n_hashes})" if provider in HASHED else provider
 
 
-def _save(fig, path, written):
+def _grid(plt, rows, dtype, title, path, written, panel, xlabel, ylabel, empty="no ok measurements",
+          legend=dict(fontsize=7)):
+    """A figure with a panel per (mode, channels) of this dtype's rows; panel(ax, mode, ch)
+    draws one, the axes' common styling is done here."""
+    rows = [r for r in rows if r["dtype"] == dtype]
+    modes = [m for m in ("fwd", "fwd_bwd") if any(r["mode"] == m for r in rows)]
+    modes += sorted({r["mode"] for r in rows} - set(modes))
+    channels = sorted({r["channels"] for r in rows})
+    fig, axes = plt.subplots(len(modes), len(channels), figsize=(5.2 * len(channels), 4.0 * len(modes)),
+                             squeeze=False)
+    fig.suptitle(title, fontsize=11)
+    for i, mode in enumerate(modes):
+        for j, ch in enumerate(channels):
+            ax = axes[i][j]
+            ax.set_xscale("log")
+            panel(ax, mode, ch)
+            ax.set_yscale("log")
+            ax.set_title(f"{mode}, channels {ch}", fontsize=10)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(True, which="both", alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(**legend)
+            else:
+                ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(path, dpi=110)
     written.append(path)
+    plt.close(fig)
 
 
 def _versus_pixels(plt, rows, dtype, metric, ylabel, path, written):
     data = [r for r in _ok(rows, metric) if r["dtype"] == dtype]
-    modes, channels = _panels([r for r in rows if r["dtype"] == dtype])
     ref = _reference_hashes(data)
+
+    def panel(ax, mode, ch):
+        for provider in PROVIDERS:
+            s = _series(data, provider, mode, ch, ref)
+            if not s:
+                continue
+            x = list(s)
+            ax.plot(x, [s[p]["median"] for p in x], "o-", color=COLORS[provider], label=_line_label(provider, ref),
+                    ms=4)
+            if metric == "time_ms" and all(s[p]["p20"] is not None for p in x):
+                ax.fill_between(x, [s[p]["p20"] for p in x], [s[p]["p80"] for p in x], color=COLORS[provider],
+                                alpha=0.2, lw=0)
+
     what = "time" if metric == "time_ms" else "peak memory"
-    fig, axes = _figure(plt, modes, channels, f"{what} vs pixels, {dtype}"
-                        + (f" (NLSA providers at n_hashes={ref})" if ref else ""))
-    for i, mode in enumerate(modes):
-        for j, ch in enumerate(channels):
-            ax = axes[i][j]
-            for provider in PROVIDERS:
-                s = _series(data, provider, mode, ch, ref)
-                if not s:
-                    continue
-                x = list(s)
-                y = [s[p]["median"] for p in x]
-                ax.plot(x, y, "o-", color=COLORS[provider], label=_line_label(provider, ref), ms=4)
-                if metric == "time_ms" and all(s[p]["p20"] is not None for p in x):
-                    ax.fill_between(x, [s[p]["p20"] for p in x], [s[p]["p80"] for p in x],
-                                    color=COLORS[provider], alpha=0.2, lw=0)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_title(f"{mode}, channels {ch}", fontsize=10)
-            ax.set_xlabel("pixels (H x W)")
-            ax.set_ylabel(ylabel)
-            ax.grid(True, which="both", alpha=0.3)
-            if ax.lines:
-                ax.legend(fontsize=7)
-            else:
-                ax.text(0.5, 0.5, "no ok measurements", ha="center", va="center", transform=ax.transAxes)
-    _save(fig, path, written)
-    plt.close(fig)
+    _grid(plt, rows, dtype, f"{what} vs pixels, {dtype}" + (f" (NLSA providers at n_hashes={ref})" if ref else ""),
+          path, written, panel, "pixels (H x W)", ylabel)
 
 
 def _speedup(plt, rows, dtype, path, written, notes):
     data = [r for r in _ok(rows, "time_ms") if r["dtype"] == dtype]
     base_name = next((p for p in SPEEDUP_BASES if any(r["provider"] == p for r in data)), None)
-    modes, channels = _panels([r for r in rows if r["dtype"] == dtype])
     if base_name is None:
-        note = (f"speedup_{dtype}.png: no nlsa_triton or nlsa_torch measurements with status ok for {dtype}, "
-                "so there is no speed-up to draw")
-        notes.append(note)
+        notes.append(f"speedup_{dtype}.png: no nlsa_triton or nlsa_torch measurements with status ok for "
+                     f"{dtype}, so there is no speed-up to draw")
         fig, ax = plt.subplots(figsize=(7, 2.5))
         ax.axis("off")
         ax.text(0.5, 0.5, f"Speed-up of NLSA, {dtype}:\nno nlsa_triton or nlsa_torch measurements in this sweep",
@@ -138,77 +130,51 @@ def _speedup(plt, rows, dtype, path, written, notes):
         plt.close(fig)
         return
     ref = _reference_hashes([r for r in data if r["provider"] == base_name])
-    fig, axes = _figure(plt, modes, channels, f"speed-up of {base_name} (R={ref}) over each provider, {dtype}"
-                        f" (>1: {base_name} faster)")
-    for i, mode in enumerate(modes):
-        for j, ch in enumerate(channels):
-            ax = axes[i][j]
-            base = _series(data, base_name, mode, ch, ref)
-            for provider in PROVIDERS:
-                if provider == base_name:
-                    continue
-                other = _series(data, provider, mode, ch, ref)
-                x = [p for p in base if p in other]
-                if not x:
-                    continue
-                y = [other[p]["median"] / base[p]["median"] for p in x]
-                ax.plot(x, y, "o-", color=COLORS[provider], label=_line_label(provider, ref), ms=4)
-            ax.axhline(1.0, color="k", lw=0.8, ls=":")
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_title(f"{mode}, channels {ch}", fontsize=10)
-            ax.set_xlabel("pixels (H x W)")
-            ax.set_ylabel(f"time(provider) / time({base_name})")
-            ax.grid(True, which="both", alpha=0.3)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
-            else:
-                ax.text(0.5, 0.5, "nothing to compare", ha="center", va="center", transform=ax.transAxes)
-    _save(fig, path, written)
-    plt.close(fig)
+
+    def panel(ax, mode, ch):
+        base = _series(data, base_name, mode, ch, ref)
+        for provider in PROVIDERS:
+            other = _series(data, provider, mode, ch, ref)
+            x = [p for p in base if p in other]
+            if provider != base_name and x:
+                ax.plot(x, [other[p]["median"] / base[p]["median"] for p in x], "o-", color=COLORS[provider],
+                        label=_line_label(provider, ref), ms=4)
+        ax.axhline(1.0, color="k", lw=0.8, ls=":")
+
+    _grid(plt, rows, dtype, f"speed-up of {base_name} (R={ref}) over each provider, {dtype} (>1: {base_name} "
+          "faster)", path, written, panel, "pixels (H x W)", f"time(provider) / time({base_name})",
+          empty="nothing to compare")
 
 
 def _versus_hashes(plt, rows, dtype, path, written):
     data = [r for r in _ok(rows, "time_ms") if r["dtype"] == dtype and r["provider"] in HASHED]
-    modes, channels = _panels([r for r in rows if r["dtype"] == dtype])
     sizes = sorted({(r["height"], r["width"]) for r in data}, key=lambda hw: hw[0] * hw[1])
+    hashes = sorted({r["n_hashes"] for r in data})
     cmap = plt.get_cmap("viridis")
-    fig, axes = _figure(plt, modes, channels, f"time vs n_hashes (NLSA providers), {dtype}")
-    for i, mode in enumerate(modes):
-        for j, ch in enumerate(channels):
-            ax = axes[i][j]
-            for k, (h, w) in enumerate(sizes):
-                color = cmap(k / max(1, len(sizes) - 1))
-                for provider, style in (("nlsa_triton", "o-"), ("nlsa_flex", "^:"), ("nlsa_torch", "s--"),
-                                        ("nlsa_reference", "x-.")):
-                    pts = sorted((r["n_hashes"], r["median"]) for r in data
-                                 if (r["provider"], r["mode"], r["channels"], r["height"], r["width"])
-                                 == (provider, mode, ch, h, w))
-                    if pts:
-                        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=color, ms=4,
-                                label=f"{provider} {h}x{w}")
-            ax.set_xscale("log", base=2)
-            hashes = sorted({r["n_hashes"] for r in data})
-            if hashes:
-                ax.set_xticks(hashes, [str(h) for h in hashes])
-                ax.set_xticks([], minor=True)
-            ax.set_yscale("log")
-            ax.set_title(f"{mode}, channels {ch}", fontsize=10)
-            ax.set_xlabel("n_hashes")
-            ax.set_ylabel("time (ms)")
-            ax.grid(True, which="both", alpha=0.3)
-            if ax.lines:
-                ax.legend(fontsize=6, ncol=2)
-            else:
-                ax.text(0.5, 0.5, "no ok measurements", ha="center", va="center", transform=ax.transAxes)
-    _save(fig, path, written)
-    plt.close(fig)
+
+    def panel(ax, mode, ch):
+        for k, (h, w) in enumerate(sizes):
+            for provider, style in (("nlsa_triton", "o-"), ("nlsa_flex", "^:"), ("nlsa_torch", "s--"),
+                                    ("nlsa_reference", "x-.")):
+                pts = sorted((r["n_hashes"], r["median"]) for r in data
+                             if (r["provider"], r["mode"], r["channels"], r["height"], r["width"])
+                             == (provider, mode, ch, h, w))
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=cmap(k / max(1, len(sizes) - 1)),
+                            ms=4, label=f"{provider} {h}x{w}")
+        ax.set_xscale("log", base=2)
+        if hashes:
+            ax.set_xticks(hashes, [str(h) for h in hashes])
+            ax.set_xticks([], minor=True)
+
+    _grid(plt, rows, dtype, f"time vs n_hashes (NLSA providers), {dtype}", path, written, panel, "n_hashes",
+          "time (ms)", legend=dict(fontsize=6, ncol=2))
 
 
-def draw(out_dir: Path, csv_path: Path | None = None) -> tuple[list[Path], list[str]]:
+def draw(out_dir: Path) -> tuple[list[Path], list[str]]:
     """Draw every plot of DIR/sweep.csv into DIR. Returns (files written, notes)."""
     out_dir = Path(out_dir)
-    rows = read_csv(csv_path or out_dir / "sweep.csv")
+    rows = read_csv(out_dir / "sweep.csv")
     plt = _plt()
     written, notes = [], []
     dtypes = [d for d in ("float32", "float16", "bfloat16") if any(r["dtype"] == d for r in rows)]

@@ -1,31 +1,38 @@
-"""table.md: the paper's Table 2 layout for this device, beside the paper's RTX 2070 numbers.
+"""The paper's figures (NLSN supplementary Tables 2 and 3), and ours beside them, from the CSVs.
 
-Usage: python bench/table.py DIR   (reads DIR/sweep.csv, writes DIR/table.md)
+    python bench/table.py DIR   # DIR/sweep.csv -> DIR/table.md; DIR/nlsn_*.csv (+ .json) -> DIR/nlsn_*.md
 
-Rows NLA, NLSA-r1, r2, r4, r8; columns 100x100 and 150x150, time (ms) and memory (MB).
-Our setting: channels 64 (x: d 16, y: c 64; NLA theta/phi 32, g 64), batch 1, chunk 144,
-float32, forward only. NLA is nla_torch (NLSN's materialised softmax); NLSA rows come from
-the fastest NLSA path measured: nlsa_triton where it has a measurement, else nlsa_torch
-(the torch backend), else nlsa_reference (the row says which); the others are listed below,
-nlsa_reference among them (NLSN's algorithm as written, what the paper measured).
+table.md, Table 2's layout: rows NLA, NLSA-r1, r2, r4, r8; columns 100x100 and 150x150, time
+(ms) and memory (MB), at channels 64 (x: d 16, y: c 64; NLA theta/phi 32, g 64), batch 1,
+chunk 144, float32, forward. NLA is nla_torch (NLSN's materialised softmax); the NLSA rows
+come from the fastest NLSA path measured (nlsa_triton, else nlsa_torch, else
+nlsa_reference; the row says which); the other providers are listed below.
+nlsn_*.md, Table 3's layout: NLSN's forward time, memory and GFLOPs per provider and size.
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import read_csv  # noqa: E402
+from schema import read_csv  # noqa: E402
 
 # Mei, Fan, Zhou, "Image Super-Resolution with Non-Local Sparse Attention" (CVPR 2021),
-# supplementary Table 2: mean of 1K runs on one RTX 2070. (size: (time ms, mem MB))
-PAPER = {
+# supplementary material, one RTX 2070. Table 2 (mean of 1K runs): size -> (time ms, mem MB).
+PAPER_TABLE2 = {
     "NLA": {100: (9.6, 730), 150: (47.3, 3738)},
     "NLSA-r1": {100: (0.9, 45), 150: (4.0, 104)},
     "NLSA-r2": {100: (1.4, 109), 150: (6.2, 242)},
     "NLSA-r4": {100: (2.4, 231), 150: (10.3, 521)},
     "NLSA-r8": {100: (4.3, 509), 150: (16.8, 1074)},
+}
+# Table 3 (the whole network; the scale and the memory definition are not stated):
+# LR side -> (time ms, memory MB, GFLOPs).
+PAPER_TABLE3 = {
+    "SAN": {100: (320, 1188, 1120), 150: (1540, 4289, 5422)},
+    "NLSN": {100: (142, 625, 988), 150: (375, 1199, 2005)},
 }
 SIZES = (100, 150)
 SETTING = dict(channels=64, mode="fwd", dtype="float32", batch=1)
@@ -43,12 +50,10 @@ def _index(rows):
     }
 
 
-def _cell(row, digits: int) -> str:
+def _value(row, digits: int) -> str:
     if row is None:
         return "—"
-    if row["status"] != "ok" or row["median"] is None:
-        return row["status"]
-    return f"{row['median']:.{digits}f}"
+    return f"{row['median']:.{digits}f}" if row["status"] == "ok" and row["median"] is not None else row["status"]
 
 
 def _has_ok(index, provider, n_hashes) -> bool:
@@ -63,7 +68,7 @@ def _line(label, source, index, provider, n_hashes, paper=None) -> str:
     for size in SIZES:
         t = index.get((provider, "time_ms", size, size, n_hashes))
         m = index.get((provider, "peak_mem_mb", size, size, n_hashes))
-        ours_t, ours_m = _cell(t, 2), _cell(m, 1)
+        ours_t, ours_m = _value(t, 2), _value(m, 1)
         if paper is not None:
             pt, pm = paper[size]
             cells += [f"{ours_t} / {pt}", f"{ours_m} / {pm}"]
@@ -72,7 +77,7 @@ def _line(label, source, index, provider, n_hashes, paper=None) -> str:
     return f"| {label} | {source} | " + " | ".join(cells) + " |"
 
 
-def render(rows) -> str:
+def render_table2(rows) -> str:
     index = _index(rows)
     device = next((r["device"] for r in rows if r["device"]), "this device")
     versions = next(((r["torch"], r["triton"], r["commit"]) for r in rows), ("", "", ""))
@@ -95,13 +100,13 @@ def render(rows) -> str:
         "",
         header,
         rule,
-        _line("NLA", "nla_torch", index, "nla_torch", 0, PAPER["NLA"]),
+        _line("NLA", "nla_torch", index, "nla_torch", 0, PAPER_TABLE2["NLA"]),
     ]
     used = {("nla_torch", 0)}
     for r in (1, 2, 4, 8):
         provider = next((p for p in MAIN_NLSA if _has_ok(index, p, r)), MAIN_NLSA[-1])
         used.add((provider, r))
-        lines.append(_line(f"NLSA-r{r}", provider, index, provider, r, PAPER[f"NLSA-r{r}"]))
+        lines.append(_line(f"NLSA-r{r}", provider, index, provider, r, PAPER_TABLE2[f"NLSA-r{r}"]))
 
     others = []
     for provider in OTHER_PROVIDERS:
@@ -120,20 +125,65 @@ def render(rows) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(csv_path: Path, out_path: Path) -> Path:
-    out_path = Path(out_path)
-    out_path.write_text(render(read_csv(csv_path)))
-    return out_path
+def render_table3(rows, info: dict) -> str:
+    """nlsn_*.md from its CSV rows and its JSON (network, parameters, settings)."""
+    net, settings, m = info["network"], info["settings"], info["meta"]
+    index = {(r["provider"], r["metric"], r["height"]): r for r in rows if r["height"] == r["width"]}
+    sides = list(dict.fromkeys(r["height"] for r in rows if r["height"] == r["width"]))
+    providers = list(dict.fromkeys(r["provider"] for r in rows))
+    lines = [
+        f"# NLSN model-level efficiency (nlsn_x{net['scale']}_f{net['n_feats']}_r{net['n_resblocks']})",
+        "",
+        f"Device: {m['device']}. torch {m['torch']}, triton {m['triton'] or '—'}, commit {m['commit'] or '—'}.",
+        "",
+        f"Ours: NLSN x{net['scale']}, n_feats {net['n_feats']}, n_resblocks {net['n_resblocks']} "
+        f"({info['n_attention']} NLSA blocks, n_hashes {net['n_hashes']}, chunk {net['chunk_size']}), "
+        f"{info['params'] / 1e6:.2f} M parameters, batch {settings['batch']}, {settings['dtype']}, forward under "
+        "no_grad. Time: median; memory: peak allocated during the call minus what was allocated before "
+        f"(GPU; the weights, {info['weights_mb']:.0f} MiB, are excluded) or peak resident growth of a fresh "
+        "process (CPU; the weights excluded likewise), MiB; FLOPs: analytic, 2 per multiply-accumulate "
+        "(nlsn_efficiency.py's docstring).",
+        "",
+        "Paper: NLSN supplementary Table 3, one RTX 2070 (mean of 1K runs for Table 2; the scale and the "
+        "memory definition are not stated).",
+        "",
+        "| Method | " + " | ".join(f"{h}×{h} time (ms) | {h}×{h} mem (MB) | {h}×{h} GFLOPs" for h in sides) + " |",
+        "|---|" + "---:|" * (3 * len(sides)),
+    ]
+    for name, paper in PAPER_TABLE3.items():
+        cells = [f"{v:.0f}" if v is not None else "—" for h in sides for v in paper.get(h, (None,) * 3)]
+        lines.append(f"| {name} (paper) | " + " | ".join(cells) + " |")
+    for p in providers:
+        cells = [_value(index.get((p, metric, h)), digits) for h in sides
+                 for metric, digits in (("time_ms", 1), ("peak_mem_mb", 0), ("gflops", 0))]
+        lines.append(f"| NLSN {p} (ours) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table2(folder: Path) -> Path:
+    out = Path(folder) / "table.md"
+    out.write_text(render_table2(read_csv(Path(folder) / "sweep.csv")))
+    return out
+
+
+def write_table3(csv_path: Path) -> Path:
+    out = Path(csv_path).with_suffix(".md")
+    out.write_text(render_table3(read_csv(csv_path), json.loads(Path(csv_path).with_suffix(".json").read_text())))
+    return out
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python bench/table.py DIR  (reads DIR/sweep.csv, writes DIR/table.md)", file=sys.stderr)
+        print("usage: python bench/table.py DIR  (DIR/sweep.csv -> table.md, DIR/nlsn_*.csv -> nlsn_*.md)",
+              file=sys.stderr)
         return 2
-    out = write_table(Path(argv[0]) / "sweep.csv", Path(argv[0]) / "table.md")
-    print(f"wrote {out}")
-    return 0
+    folder = Path(argv[0])
+    written = [write_table2(folder)] if (folder / "sweep.csv").exists() else []
+    written += [write_table3(p) for p in sorted(folder.glob("nlsn_*.csv")) if p.with_suffix(".json").exists()]
+    for out in written:
+        print(f"wrote {out}")
+    return 0 if written else 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,10 @@
-"""Triton kernels of nlsa_triton (installed as ``nlsa_triton.kernels``) and their launchers."""
+"""Triton kernels of nlsa_triton and their launchers.
+
+This top-level ``kernels/`` folder is installed as the subpackage ``nlsa_triton.kernels``
+(``[tool.setuptools.package-dir]`` in pyproject.toml maps ``nlsa_triton.kernels`` to
+``kernels``). The package calls these launchers only through the custom ops of
+``nlsa_triton/_ops.py``.
+"""
 from .chunked_attention_bwd import chunked_attention_bwd
 from .chunked_attention_fwd import chunked_attention_fwd
 from .lsh_hash import lsh_hash_triton

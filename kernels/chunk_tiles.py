@@ -1,8 +1,8 @@
 """The ring layout the attention kernels read, and their tile geometry.
 
 Each round is staged once (``stage_round``) into contiguous buffers in *ring order*: the
-padded sorted sequence of L + P positions (spec section 4), with a copy of its last chunk
-before it and of its first chunk after it, so E = K + (L + P) + K rows:
+padded sorted sequence of L + P positions (docs/semantics.md §4.1), with a copy of its
+last chunk before it and of its first chunk after it, so E = K + (L + P) + K rows:
 
     ring row e holds padded position (e - K) mod (L + P)
     query at sorted position q (q < L) is ring row K + q
@@ -32,7 +32,7 @@ KEY_NORM_EPS = tl.constexpr(5e-5)
 
 @dataclass(frozen=True)
 class RingLayout:
-    """Row counts of one round's ring buffers for L = ``length`` (spec section 4)."""
+    """Row counts of one round's ring buffers for L = ``length`` (docs/semantics.md §4.1)."""
 
     length: int
     chunk: int

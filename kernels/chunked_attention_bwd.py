@@ -1,4 +1,4 @@
-"""Backward kernels of chunked attention across all hash rounds (spec sections 4-6).
+"""Backward kernels of chunked attention across all hash rounds (docs/semantics.md §4–§6).
 
 Nothing of the forward is stored but its output and the log-sum-exp over every round
 (lse, (N, L) fp32): the probabilities of all rounds are ONE softmax over the multiset of
@@ -309,7 +309,8 @@ def backward_tiles(chunk: int, d: int, c: int, dtype: torch.dtype) -> tuple[Tile
     Half precision: 64-row steps on the tensor cores, 4 warps (one warpgroup) while the
     rows are narrow, else 8. fp32 products run on the FMA units, which hold their operands
     replicated in registers: the dk/dv kernel (four products per step) takes 16-row steps
-    and 8 warps so that nothing spills, and wider problems take narrower steps.
+    and 8 warps (and no software pipelining where the tile is 64 rows, which spills under
+    triton 3.6) so that nothing spills, and wider problems take narrower tiles.
     """
     padded_c = padded_width(c)
     block_d = padded_width(d)
@@ -322,7 +323,8 @@ def backward_tiles(chunk: int, d: int, c: int, dtype: torch.dtype) -> tuple[Tile
                           num_warps=4 if narrow else 8)
         return dq, dkdv
     dq = TileConfig(block_m, block_n if narrow else min(block_n, 16), block_d, padded_c, padded_c, num_warps=8)
-    dkdv = TileConfig(block_m if narrow else min(block_m, 32), 16, block_d, padded_c, padded_c, num_warps=8)
+    dkdv = TileConfig(block_m if narrow else min(block_m, 32), 16, block_d, padded_c, padded_c, num_warps=8,
+                      num_stages=1 if narrow else 2)
     return dq, dkdv
 
 

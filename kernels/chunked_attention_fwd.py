@@ -1,4 +1,4 @@
-"""Forward kernel of chunked attention across all hash rounds (spec sections 4-6).
+"""Forward kernel of chunked attention across all hash rounds (docs/semantics.md §4–§6).
 
 Per round: ``stage_round`` writes the round's rows in ring order (chunk_tiles), then one
 launch of ``_chunked_attention_fwd_kernel``. A program owns BLOCK_M consecutive sorted

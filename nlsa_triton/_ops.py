@@ -18,10 +18,10 @@ The ops run on any device the kernels run on: CUDA, or the CPU under TRITON_INTE
 Outputs are always contiguous (the fake and the real op must agree on strides); inputs
 need only unit stride in the last dimension, anything else is copied once here.
 
-``perm_check`` is one of ``_validation.PERM_CHECKS``: "full" (every row a permutation of range(L)),
-"range" (every index in [0, L)) or "none" (perm comes from ``bucket_sort`` and is a
-permutation by construction). The check runs inside the op, right before the kernels read
-through perm, so it stays on under torch.compile too.
+``perm_check`` is the perm check to run, one of ``_validation.PERM_CHECKS``: "full" (every
+row a permutation of range(L)), "range" (every index in [0, L)) or "none" (perm comes from
+``bucket_sort`` and is a permutation by construction). The check runs inside the op, right
+before the kernels read through perm, so it stays on under torch.compile too.
 """
 # No ``from __future__ import annotations``: custom_op reads the schema from the annotations,
 # and older torch versions do not evaluate string annotations.
@@ -30,7 +30,7 @@ from torch import Tensor
 
 from . import _validation as v
 from ._backend import TRITON_MISSING
-from .buckets import chunk_layout
+from .chunks import chunk_layout
 
 # Without triton (it has wheels for Linux only) the ops are still registered, since their
 # schemas and fakes need no kernel, but resolve_backend never sends a call to them.

@@ -5,6 +5,22 @@ what was expected: a bad index read through in a kernel touches memory that is n
 and a crash deep inside Triton tells the user nothing. Wrong types and dtypes raise
 TypeError, wrong values, shapes and devices raise ValueError.
 
+Each argument is validated once, at the public surface: ``functional`` (and the modules
+through it), and the public functions of ``reference`` and ``streaming``, which are thin
+wrappers over their ``*_unchecked`` internals. Internal calls pass validated arguments.
+
+The perm check. A kernel reads rows of x and y through perm, so perm's values are checked
+before one runs. What is checked is a *perm check*, one of ``PERM_CHECKS``:
+
+- ``"full"``: every row is a permutation of range(L) (which includes the range);
+- ``"range"``: every index lies in [0, L) (the memory-safety part);
+- ``"none"``: nothing is read; for perms made by ``bucket_sort`` (an argsort: a
+  permutation by construction), as inside ``nlsa``.
+
+The public keyword ``check_perm=True`` (default) asks for ``"full"``, ``check_perm=False``
+for ``"range"`` (``perm_check_of``). ``check_perm_tensor`` checks perm's shape, dtype and
+device; ``check_perm_values`` runs a perm check.
+
 Everything here but ``check_perm_values`` looks only at Python values, shapes, dtypes and
 devices, so it costs no device work and traces cleanly under torch.compile.
 ``check_perm_values`` reads perm's values (one host synchronisation).
@@ -14,6 +30,8 @@ from __future__ import annotations
 import numbers
 
 import torch
+
+from ._autocast import autocast_dtype
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -76,7 +94,7 @@ def check_embeddings(x, y) -> None:
     check_same_device(x=x, y=y)
 
 
-def check_perm(perm, n: int, length: int, device: torch.device) -> None:
+def check_perm_tensor(perm, n: int, length: int, device: torch.device) -> None:
     """perm: (N, R, L) integer indices on x's device (shape, dtype and device only)."""
     if not isinstance(perm, torch.Tensor):
         raise TypeError(f"perm must be a torch.Tensor of shape (N, n_hashes, L), got {type(perm).__name__}")
@@ -90,13 +108,14 @@ def check_perm(perm, n: int, length: int, device: torch.device) -> None:
     check_same_device(x=device, perm=perm)
 
 
-def check_perm_mode(check_perm) -> str:
-    """The public ``check_perm`` keyword (True / False) as a ``PERM_CHECKS`` mode."""
+def perm_check_of(check_perm) -> str:
+    """The perm check the public ``check_perm`` keyword asks for: True "full", False "range"."""
     return "full" if check_bool(check_perm, "check_perm") else "range"
 
 
-def check_perm_values(perm: torch.Tensor, length: int, mode: str = "full") -> None:
-    """Reads perm (N, R, L): every entry in [0, L), and with mode "full" every row a permutation.
+def check_perm_values(perm: torch.Tensor, length: int, perm_check: str = "full") -> None:
+    """Runs ``perm_check`` on perm (N, R, L): every entry in [0, L), and with "full" every
+    row a permutation.
 
     "range" is the memory-safety check (a kernel reads rows of x and y through perm);
     "full" also rejects repeated indices (the result would be undefined: a repeated pixel
@@ -104,13 +123,13 @@ def check_perm_values(perm: torch.Tensor, length: int, mode: str = "full") -> No
     synchronisation; "full" adds an (N, R, L) boolean scatter. "none" checks nothing and
     is for perms made by ``bucket_sort`` (an argsort: a permutation by construction).
     """
-    if mode not in PERM_CHECKS:
-        raise ValueError(f"perm_check must be one of {PERM_CHECKS}, got {mode!r}")
-    if mode == "none" or perm.numel() == 0:
+    if perm_check not in PERM_CHECKS:
+        raise ValueError(f"perm_check must be one of {PERM_CHECKS}, got {perm_check!r}")
+    if perm_check == "none" or perm.numel() == 0:
         return
     low, high = torch.aminmax(perm)
     ok = (low >= 0) & (high < length)
-    if mode == "full":
+    if perm_check == "full":
         rows = perm.reshape(-1, length).long().clamp(0, length - 1)
         # L indices per row hit all L slots exactly when the row is a permutation.
         hit = torch.zeros(rows.shape, dtype=torch.bool, device=perm.device).scatter_(1, rows, True)
@@ -158,3 +177,47 @@ def check_generator(generator, device=None, device_name: str = "x") -> None:
         gen_device.index is not None and device.index is not None and gen_device.index != device.index
     ):
         raise ValueError(f"generator is on {generator.device} but {device_name} is on {device}")
+
+
+def check_chunked_attention_args(x, y, perm, chunk_size, check_perm) -> tuple[int, str]:
+    """The arguments of every ``chunked_attention``, shapes and types only: returns
+    (chunk_size, the perm check ``check_perm`` asks for). perm's values are read later
+    (``check_perm_values``), by the caller, where its backend needs them."""
+    check_embeddings(x, y)
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    check_perm_tensor(perm, x.shape[0], x.shape[1], x.device)
+    return chunk_size, perm_check_of(check_perm)
+
+
+# ---------------------------------------------------------------------------------------
+# The modules' arguments (NonLocalSparseAttention, the baselines)
+
+
+def check_feature_map(input, channels: int, module) -> None:
+    """input: (N, C, H, W) float with C = channels, on the parameters' device, in their dtype
+    (or any float dtype under autocast)."""
+    check_float_tensor(input, "input", 4, "(N, C, H, W)")
+    if input.shape[1] != channels:
+        raise ValueError(
+            f"input must have {channels} channels (N, C, H, W), got shape {tuple(input.shape)}"
+        )
+    weight = next(module.parameters())
+    check_same_device(input=input, parameters=weight)
+    if input.dtype != weight.dtype and autocast_dtype(input.device.type) is None:
+        raise TypeError(
+            f"input must have the parameters' dtype {weight.dtype} (or run under torch.autocast), "
+            f"got {input.dtype}; convert one with .to()"
+        )
+
+
+def check_res_scale(res_scale) -> float:
+    if isinstance(res_scale, bool) or not isinstance(res_scale, numbers.Real):
+        raise TypeError(f"res_scale must be a real number, got {type(res_scale).__name__} {res_scale!r}")
+    return res_scale
+
+
+def check_channels(channels: int, reduction: int, name: str = "channels") -> None:
+    check_positive_int(channels, name)
+    check_positive_int(reduction, "reduction")
+    if channels % reduction:
+        raise ValueError(f"{name} ({channels}) must be divisible by reduction ({reduction})")

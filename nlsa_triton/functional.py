@@ -1,8 +1,15 @@
-"""The functional API: the same functions as ``nlsa_triton.reference``, with a backend choice.
+"""The functional API: ``lsh_hash``, ``chunked_attention``, ``nlsa`` with a backend choice
+(docs/semantics.md §8).
 
-``backend``: "auto" (default: the Triton kernels where they run, else "torch"), "triton",
-"torch" (``nlsa_triton.streaming``) or "reference" (``nlsa_triton.reference``); see
-``nlsa_triton._backend``.
+This is the public surface where arguments are validated, once (``_validation``); each
+function then runs one backend's unchecked implementation:
+
+- "triton": the custom ops in ``_ops`` (the kernels in ``nlsa_triton.kernels``);
+- "torch": ``streaming.*_unchecked`` (the lean streamed pure-torch implementation);
+- "reference": ``reference.*_unchecked`` (the step-by-step oracle).
+
+``backend="auto"`` (default) is the Triton kernels where they run, else "torch"; see
+``_backend.resolve_backend``.
 """
 from __future__ import annotations
 
@@ -11,12 +18,15 @@ import torch
 from . import _validation as v
 from . import reference, streaming
 from . import _ops
-from ._backend import autocast_inputs, resolve_backend
-from .buckets import bucket_sort, resolve_rotations
+from ._autocast import autocast_inputs
+from ._backend import resolve_backend
+from .hashing import resolve_rotations
+from .sorting import bucket_sort
 
 
 def lsh_hash(x: torch.Tensor, rotations: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
-    """Spherical LSH codes of x (N, L, d) under rotations (d, n_hashes, n_buckets // 2).
+    """Spherical LSH codes of x (N, L, d) under rotations (d, n_hashes, n_buckets // 2)
+    (docs/semantics.md §2).
 
     Returns (N, n_hashes, L) int64 in [0, n_buckets): ``argmax([p, -p])`` of
     ``p = x @ rotations[:, r, :]``, first maximum on ties. The Triton kernel never
@@ -26,10 +36,10 @@ def lsh_hash(x: torch.Tensor, rotations: torch.Tensor, *, backend: str = "auto")
     v.check_rotations(rotations, x.shape[2], x.device)
     backend = resolve_backend(backend, x, uses_dot=False)
     if backend == "torch":
-        return streaming.lsh_hash(x, rotations)
+        return streaming.lsh_hash_unchecked(x, rotations)
     if backend == "reference":
-        return reference.lsh_hash(x, rotations)
-    # Nothing differentiable flows through the hash (spec section 2).
+        return reference.lsh_hash_unchecked(x, rotations)
+    # Nothing differentiable flows through the hash (docs/semantics.md §2).
     return _ops.lsh_hash(x.detach(), rotations.detach())
 
 
@@ -42,7 +52,7 @@ def chunked_attention(
     backend: str = "auto",
     check_perm: bool = True,
 ) -> torch.Tensor:
-    """Chunked softmax attention over all hash rounds (spec sections 4-6).
+    """Chunked softmax attention over all hash rounds (docs/semantics.md §4–§6).
 
     x: (N, L, d) match embedding: queries as they are, keys L2-normalised (eps 5e-5);
     y: (N, L, c) assembly embedding; perm: (N, n_hashes, L) int32/int64, the sorted
@@ -58,16 +68,18 @@ def chunked_attention(
     know are permutations); a perm with repeated indices then gives an undefined output.
     """
     x, y = autocast_inputs(x, y)
-    v.check_embeddings(x, y)
-    chunk_size = v.check_positive_int(chunk_size, "chunk_size")
-    v.check_perm(perm, x.shape[0], x.shape[1], x.device)
-    perm_check = v.check_perm_mode(check_perm)
+    chunk_size, perm_check = v.check_chunked_attention_args(x, y, perm, chunk_size, check_perm)
     backend = resolve_backend(backend, x)
+    if backend == "triton":
+        # The op runs the perm check itself, right before the kernels read through perm.
+        return _ops.chunked_attention(x, y, perm, chunk_size, perm_check)
+    # The pure-torch backends: skipped while torch.compile traces (torch's gather still
+    # range-checks there).
+    if not torch.compiler.is_compiling():
+        v.check_perm_values(perm, x.shape[1], perm_check)
     if backend == "torch":
-        return streaming.chunked_attention(x, y, perm, chunk_size, check_perm=check_perm)
-    if backend == "reference":
-        return reference.chunked_attention(x, y, perm, chunk_size, check_perm=check_perm)
-    return _ops.chunked_attention(x, y, perm, chunk_size, perm_check)
+        return streaming.chunked_attention_unchecked(x, y, perm, chunk_size)
+    return reference.chunked_attention_unchecked(x, y, perm, chunk_size)
 
 
 def nlsa(
@@ -80,7 +92,7 @@ def nlsa(
     generator: torch.Generator | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Non-Local Sparse Attention (spec sections 1-6): hash, stable sort, chunked attention.
+    """Non-Local Sparse Attention (docs/semantics.md §1–§6): hash, stable sort, chunked attention.
 
     x: (N, L, d), y: (N, L, c). ``rotations`` (d, n_hashes, num_buckets(L, chunk_size) // 2)
     fixes the hash; otherwise fresh ones are drawn, from ``generator`` when given (else
@@ -92,9 +104,9 @@ def nlsa(
     backend = resolve_backend(backend, x)
     rotations = resolve_rotations(x, n_hashes, chunk_size, rotations, generator)
     if backend == "torch":
-        return streaming.nlsa(x, y, n_hashes=n_hashes, chunk_size=chunk_size, rotations=rotations)
+        return streaming.nlsa_unchecked(x, y, chunk_size, rotations)
     if backend == "reference":
-        return reference.nlsa(x, y, n_hashes=n_hashes, chunk_size=chunk_size, rotations=rotations)
-    # bucket_sort is an argsort: perm is a permutation by construction, nothing to check.
+        return reference.nlsa_unchecked(x, y, chunk_size, rotations)
+    # bucket_sort is an argsort: perm is a permutation by construction, so no perm check.
     perm = bucket_sort(_ops.lsh_hash(x.detach(), rotations.detach()))
     return _ops.chunked_attention(x, y, perm, chunk_size, "none")

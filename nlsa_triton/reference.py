@@ -6,9 +6,13 @@ the sort, softmax over rounds. It materialises every intermediate, as NLSN does,
 what the Triton kernels and the torch backend (``streaming.py``) are checked against
 (``backend="reference"``). Differentiable through autograd.
 
-Deviations from NLSN, both in ``NLSA-SPEC.md``: the sort is stable, and L <= chunk_size
-is one chunk of all L positions. Half-precision inputs are computed in float32 and the
-result is cast back (PyTorch's accumulate-in-fp32 convention).
+Deviations from NLSN, both in docs/semantics.md §9: the sort is stable (§9.1), and
+L <= chunk_size is one chunk of all L positions (§9.2). Half-precision inputs are computed
+in float32 and the result is cast back (PyTorch's accumulate-in-fp32 convention).
+
+``lsh_hash``, ``chunked_attention`` and ``nlsa`` are public (``nt.reference.*``) and
+validate their arguments; each is a thin wrapper over its ``*_unchecked`` twin, which
+``functional`` calls with arguments it has already validated (``backend="reference"``).
 """
 from __future__ import annotations
 
@@ -16,8 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from . import _validation as v
-from ._backend import autocast_inputs, autocast_off
-from .buckets import bucket_sort, chunk_layout, num_buckets, random_rotations, resolve_rotations
+from ._autocast import autocast_inputs, autocast_off
+from .chunks import chunk_layout
+from .hashing import num_buckets, random_rotations, resolve_rotations
+from .sorting import bucket_sort
 
 __all__ = ["num_buckets", "random_rotations", "lsh_hash", "bucket_sort", "chunked_attention", "nlsa"]
 
@@ -36,6 +42,11 @@ def lsh_hash(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     """
     v.check_match_embedding(x)
     v.check_rotations(rotations, x.shape[2], x.device)
+    return lsh_hash_unchecked(x, rotations)
+
+
+def lsh_hash_unchecked(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """``lsh_hash`` of validated arguments (docs/semantics.md §2)."""
     acc = compute_dtype(x.dtype)
     projected = torch.einsum("nld,drh->nrlh", x.to(acc), rotations.to(acc))
     return torch.cat([projected, -projected], dim=-1).argmax(dim=-1)
@@ -56,7 +67,7 @@ def _with_neighbours(chunks: torch.Tensor) -> torch.Tensor:
 def chunked_attention_with_lse(x, y, perm, chunk_size):
     """Reference chunked attention returning (out (N, L, c), lse (N, L)) in the compute dtype.
 
-    ``lse`` is the log-sum-exp over every round's candidates (spec section 6).
+    ``lse`` is the log-sum-exp over every round's candidates (docs/semantics.md §6.1).
     """
     n, length, _ = x.shape
     c = y.shape[2]
@@ -95,7 +106,7 @@ def empty_result(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def chunked_attention(
     x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, chunk_size: int, *, check_perm: bool = True
 ) -> torch.Tensor:
-    """Chunked softmax attention over all hash rounds (spec sections 4-6), pure torch.
+    """Chunked softmax attention over all hash rounds (docs/semantics.md §4–§6), pure torch.
 
     x: (N, L, d) match embedding (queries as they are, keys L2-normalised with eps 5e-5);
     y: (N, L, c) assembly embedding; perm: (N, n_hashes, L) sorted order of each round.
@@ -105,12 +116,14 @@ def chunked_attention(
     skipped while torch.compile traces (torch's gather still range-checks there).
     """
     x, y = autocast_inputs(x, y)
-    v.check_embeddings(x, y)
-    chunk_size = v.check_positive_int(chunk_size, "chunk_size")
-    v.check_perm(perm, x.shape[0], x.shape[1], x.device)
-    mode = v.check_perm_mode(check_perm)
+    chunk_size, perm_check = v.check_chunked_attention_args(x, y, perm, chunk_size, check_perm)
     if not torch.compiler.is_compiling():
-        v.check_perm_values(perm, x.shape[1], mode)
+        v.check_perm_values(perm, x.shape[1], perm_check)
+    return chunked_attention_unchecked(x, y, perm, chunk_size)
+
+
+def chunked_attention_unchecked(x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """``chunked_attention`` of validated arguments (autocast applied, perm checked)."""
     if x.shape[0] == 0 or x.shape[1] == 0 or y.shape[2] == 0:
         return empty_result(x, y)
     with autocast_off(x.device.type):
@@ -127,13 +140,18 @@ def nlsa(
     rotations: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Non-Local Sparse Attention (spec sections 1-6), pure torch: hash, sort, attend."""
+    """Non-Local Sparse Attention (docs/semantics.md §1–§6), pure torch: hash, sort, attend."""
     x, y = autocast_inputs(x, y)
     v.check_embeddings(x, y)
     rotations = resolve_rotations(x, n_hashes, chunk_size, rotations, generator)
+    return nlsa_unchecked(x, y, chunk_size, rotations)
+
+
+def nlsa_unchecked(x: torch.Tensor, y: torch.Tensor, chunk_size: int, rotations: torch.Tensor) -> torch.Tensor:
+    """``nlsa`` of validated arguments (autocast applied, rotations resolved)."""
     if x.shape[0] == 0 or y.shape[2] == 0:
         return empty_result(x, y)
     with autocast_off(x.device.type):
-        perm = bucket_sort(lsh_hash(x, rotations))
-    # perm is an argsort: a permutation by construction.
-    return chunked_attention(x, y, perm, chunk_size, check_perm=False)
+        perm = bucket_sort(lsh_hash_unchecked(x, rotations))
+    # perm is an argsort: a permutation by construction, so no perm check ("none").
+    return chunked_attention_unchecked(x, y, perm, chunk_size)

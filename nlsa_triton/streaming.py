@@ -1,12 +1,13 @@
 """The torch backend: Non-Local Sparse Attention streamed a round and a block of chunks at a time.
 
-The same function as ``nlsa_triton.reference`` (``NLSA-SPEC.md`` sections 1-6), computed
+The same function as ``nlsa_triton.reference`` (docs/semantics.md §1–§6), computed
 the way the Triton kernels compute it, in plain device-agnostic torch ops (index_select,
 bmm, exp, index_add_), so it runs wherever torch runs: CPU, Apple GPUs (MPS), any device
 without Triton, and float64. ``backend="auto"`` picks it wherever the kernels do not run.
 
-How. Pixel i is its own key in every round and ``s_ij <= ||x_i||`` for every key (spec
-section 6), so ``m_i = ||x_i||`` is a row maximum known before any score is computed. One
+How. Pixel i is its own key in every round and ``s_ij <= ||x_i||`` for every key
+(docs/semantics.md §6.2), so ``m_i = ||x_i||`` is a row maximum known before any score is
+computed. One
 softmax over all rounds' candidates is then a plain sum: for each round and each block of
 chunks, gather the block's query rows and its candidates' key and value rows through the
 sort permutation (chunk j, j - 1, j + 1, wrapping, duplicates counted), form the scores
@@ -49,6 +50,10 @@ every run, with any number of threads, on every device (CPU, CUDA, MPS), with or
 Precision: float32 inputs compute in float32, float16 / bfloat16 in float32 (the result is
 cast back), float64 in float64. Under autocast the inputs are cast to the autocast dtype
 first, as for the other backends.
+
+Validation. ``lsh_hash``, ``chunked_attention`` and ``nlsa`` are public (``nt.streaming.*``)
+and validate their arguments; each is a thin wrapper over its ``*_unchecked`` twin, which
+``functional`` calls (``backend="torch"``) with arguments it has already validated.
 """
 from __future__ import annotations
 
@@ -58,8 +63,10 @@ import torch
 import torch.nn.functional as F
 
 from . import _validation as v
-from ._backend import autocast_inputs, autocast_off
-from .buckets import bucket_sort, chunk_layout, resolve_rotations
+from ._autocast import autocast_inputs, autocast_off
+from .chunks import chunk_layout
+from .hashing import resolve_rotations
+from .sorting import bucket_sort
 from .reference import KEY_NORM_EPS, compute_dtype, empty_result
 
 __all__ = ["lsh_hash", "chunked_attention", "nlsa", "set_block_size", "get_block_size", "default_workspace_bytes"]
@@ -165,6 +172,11 @@ def lsh_hash(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     codes as ``reference.lsh_hash``, projecting a block of rows at a time."""
     v.check_match_embedding(x)
     v.check_rotations(rotations, x.shape[2], x.device)
+    return lsh_hash_unchecked(x, rotations)
+
+
+def lsh_hash_unchecked(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """``lsh_hash`` of validated arguments (docs/semantics.md §2)."""
     if x.shape[0] == 0 or x.shape[1] == 0:
         return torch.zeros((x.shape[0], rotations.shape[1], x.shape[1]), dtype=torch.int64, device=x.device)
     with autocast_off(x.device.type):
@@ -179,7 +191,7 @@ class _Layout:
     """Flat row indices of one call: N images of L pixels are rows [n L, (n + 1) L) of the
     flattened (N L, .) tensors; row N L is a discarded row that padded positions write to.
     Global chunk g = n * n_chunks + j; ``neighbours[g]`` = (g, its previous, its next chunk)
-    within image n, wrapping (spec section 4)."""
+    within image n, wrapping (docs/semantics.md §4)."""
 
     SLOT_SHIFTS = (0, -1, 1)  # the candidate chunks of chunk j: j, j - 1, j + 1 (mod n_chunks)
 
@@ -467,7 +479,7 @@ def chunked_attention(
     check_perm: bool = True,
     block_size: int | None = None,
 ) -> torch.Tensor:
-    """Chunked softmax attention over all hash rounds (spec sections 4-6), streamed.
+    """Chunked softmax attention over all hash rounds (docs/semantics.md §4–§6), streamed.
 
     The same arguments and result as ``reference.chunked_attention``; differentiable in x
     and y through its own blockwise backward. ``block_size``: query positions per block
@@ -479,14 +491,17 @@ def chunked_attention(
     ``default_workspace_bytes(x.device)`` (4 MiB on a CPU, 256 MiB on other devices).
     """
     x, y = autocast_inputs(x, y)
-    v.check_embeddings(x, y)
-    chunk_size = v.check_positive_int(chunk_size, "chunk_size")
-    v.check_perm(perm, x.shape[0], x.shape[1], x.device)
-    mode = v.check_perm_mode(check_perm)
+    chunk_size, perm_check = v.check_chunked_attention_args(x, y, perm, chunk_size, check_perm)
     if block_size is not None:
         block_size = v.check_positive_int(block_size, "block_size")
     if not torch.compiler.is_compiling():
-        v.check_perm_values(perm, x.shape[1], mode)
+        v.check_perm_values(perm, x.shape[1], perm_check)
+    return chunked_attention_unchecked(x, y, perm, chunk_size, block_size)
+
+
+def chunked_attention_unchecked(x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, chunk_size: int,
+                                block_size: int | None = None) -> torch.Tensor:
+    """``chunked_attention`` of validated arguments (autocast applied, perm checked)."""
     if x.shape[0] == 0 or x.shape[1] == 0 or y.shape[2] == 0:
         return empty_result(x, y)
     return _attend(x, y, perm, chunk_size, block_size)
@@ -502,15 +517,21 @@ def nlsa(
     generator: torch.Generator | None = None,
     block_size: int | None = None,
 ) -> torch.Tensor:
-    """Non-Local Sparse Attention (spec sections 1-6), streamed: hash, sort, attend."""
+    """Non-Local Sparse Attention (docs/semantics.md §1–§6), streamed: hash, sort, attend."""
     x, y = autocast_inputs(x, y)
     v.check_embeddings(x, y)
     rotations = resolve_rotations(x, n_hashes, chunk_size, rotations, generator)
     if block_size is not None:
         block_size = v.check_positive_int(block_size, "block_size")
+    return nlsa_unchecked(x, y, chunk_size, rotations, block_size)
+
+
+def nlsa_unchecked(x: torch.Tensor, y: torch.Tensor, chunk_size: int, rotations: torch.Tensor,
+                   block_size: int | None = None) -> torch.Tensor:
+    """``nlsa`` of validated arguments (autocast applied, rotations resolved)."""
     if x.shape[0] == 0 or y.shape[2] == 0:
         return empty_result(x, y)
     with autocast_off(x.device.type):
         perm = bucket_sort(_lsh_codes(x.detach(), rotations.detach()))
-    # perm is an argsort: a permutation by construction.
+    # perm is an argsort: a permutation by construction, so no perm check ("none").
     return _attend(x, y, perm, chunk_size, block_size)

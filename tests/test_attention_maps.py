@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import nlsa_triton as nt
-from conftest import DEVICE, rel_err
+from conftest import DEVICE, assert_close
 
 # N, L, d, n_hashes, chunk_size
 SHAPES = [
@@ -65,7 +65,7 @@ def test_maps_match_dense_and_sum_to_one(n, length, d, n_hashes, chunk_size):
         assert torch.allclose(maps.sum(-1), torch.ones(n, n_hashes + 1, dtype=torch.float64), atol=1e-12)
         assert (maps >= 0).all()
         assert (maps[:, :, query] > 0).all()  # the query is its own candidate in every round
-        assert rel_err(maps, _dense_maps(x, perm, query, chunk_size)) < 1e-12
+        assert_close(f"maps of query {query}", maps, _dense_maps(x, perm, query, chunk_size), 1e-12)
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -78,7 +78,7 @@ def test_combined_map_forms_nlsa_output(n, length, d, n_hashes, chunk_size, back
         maps = nt.attention_maps(x, query, n_hashes=n_hashes, chunk_size=chunk_size, rotations=rotations)
         assert maps.device == x.device and maps.dtype == torch.float32
         formed = torch.einsum("nl,nlc->nc", maps[:, -1], y)
-        assert rel_err(formed.cpu(), out[:, query].cpu()) < 1e-5, query
+        assert_close(f"output of query {query} formed from its map", formed.cpu(), out[:, query].cpu(), 1e-5)
 
 
 def test_generator_matches_nlsa_with_same_seed():
@@ -87,7 +87,8 @@ def test_generator_matches_nlsa_with_same_seed():
     again = nt.attention_maps(x, 17, n_hashes=4, chunk_size=8, generator=torch.Generator().manual_seed(9))
     assert torch.equal(maps, again)
     out = nt.nlsa(x, y, n_hashes=4, chunk_size=8, generator=torch.Generator().manual_seed(9), backend="torch")
-    assert rel_err(torch.einsum("nl,nlc->nc", maps[:, -1], y), out[:, 17]) < 1e-12
+    assert_close("output of query 17 formed from its map", torch.einsum("nl,nlc->nc", maps[:, -1], y), out[:, 17],
+                 1e-12)
 
 
 def test_half_precision_input_gives_float32_maps():

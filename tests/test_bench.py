@@ -1,5 +1,6 @@
-"""The benchmark sweep (bench/): a tiny --quick run end to end, plus the parts a CPU run
-cannot reach (the GPU runner's status handling, the speed-up plot with Triton rows)."""
+"""The benchmarks (bench/): a tiny --quick sweep end to end, nlsn_efficiency on a tiny network,
+plus the parts a CPU run cannot reach (the GPU path's status handling, the speed-up plot with
+Triton rows)."""
 from __future__ import annotations
 
 import csv
@@ -12,9 +13,11 @@ import torch
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 
-import common  # noqa: E402
+import harness  # noqa: E402
 import providers  # noqa: E402
+import schema  # noqa: E402
 import sweep  # noqa: E402
+from schema import Config, Measurement  # noqa: E402
 
 HAS_GPU = torch.cuda.is_available()
 PLOTS = ("time_vs_pixels", "memory_vs_pixels", "speedup", "time_vs_n_hashes")
@@ -37,18 +40,18 @@ def quick_run(tmp_path_factory):
 
 def test_quick_run_csv(quick_run):
     header, rows = _raw_rows(quick_run / "sweep.csv")
-    assert tuple(header) == common.CSV_COLUMNS
+    assert tuple(header) == schema.CSV_COLUMNS
     assert rows
-    assert {r["status"] for r in rows} <= set(common.STATUSES)
-    assert {r["metric"] for r in rows} == set(common.METRICS)
+    assert {r["status"] for r in rows} <= set(schema.STATUSES)
+    assert {r["metric"] for r in rows} == set(schema.METRICS)
     assert {r["provider"] for r in rows} == set(providers.PROVIDERS)
 
     configs = {}
     for r in rows:
-        key = tuple(r[k] for k in common.CSV_COLUMNS if k not in ("metric", "status", "median", "p20", "p80",
+        key = tuple(r[k] for k in schema.CSV_COLUMNS if k not in ("metric", "status", "median", "p20", "p80",
                                                                   "timestamp"))
         configs.setdefault(key, []).append(r["metric"])
-    assert all(sorted(m) == sorted(common.METRICS) for m in configs.values()), "one row per metric per config"
+    assert all(sorted(m) == sorted(schema.METRICS) for m in configs.values()), "one row per metric per config"
 
     for r in rows:
         hashed = r["provider"] in providers.HASHED
@@ -92,14 +95,13 @@ def test_cpu_oom_is_recorded(tmp_path):
         pytest.skip("needs Linux's heuristic overcommit, so that a huge allocation fails at once")
     args = sweep.parse_args(["--device", "cpu", "--sizes", "600", "--providers", "nla_torch", "--modes", "fwd",
                              "--channels", "64", "--dtype", "fp32"])
-    settings = sweep.make_settings(args)
-    counts = sweep.run_sweep(settings, tmp_path, lambda line: None)
+    counts = sweep.run_sweep(args, tmp_path, lambda line: None)
     assert counts == {"oom": 2}
 
 
 def test_cpu_thinning_applies_to_the_default_grid_only():
     def configs(*argv):
-        return sweep.plan(sweep.make_settings(sweep.parse_args(["--device", "cpu", *argv])))
+        return sweep.plan(sweep.parse_args(["--device", "cpu", *argv]))
 
     default = configs()
     assert len(default) == 152  # 32 per NLSA provider (4 of them), 8 per other provider (3)
@@ -109,21 +111,26 @@ def test_cpu_thinning_applies_to_the_default_grid_only():
     assert any(c.height == 150 and c.mode == "fwd_bwd" and c.channels == 256 for c in chosen)
 
 
+def _done(cfg, pixels, ms):
+    return [(Config(cfg.provider, cfg.mode, pixels, 1, cfg.channels, cfg.n_hashes, cfg.chunk_size, cfg.dtype),
+             Measurement({"time_ms": schema.Metric("ok", ms), "peak_mem_mb": schema.Metric("ok", 1.0)}))]
+
+
 def test_predicted_time_skips_hopeless_sizes():
-    cfg = providers.Config("nla_torch", "fwd", 200, 200, 64, 0, 0, "float32")
-    last_ok = {cfg.series(): (100 * 100, 10.0)}
-    assert sweep._predicted_ms(cfg, last_ok) == pytest.approx(160.0)  # L^2: 4x pixels, 16x time
-    nlsa = providers.Config("nlsa_torch", "fwd", 200, 200, 64, 4, 144, "float32")
-    assert sweep._predicted_ms(nlsa, {nlsa.series(): (100 * 100, 10.0)}) == pytest.approx(40.0)
-    assert sweep._predicted_ms(nlsa, {}) is None
+    cfg = Config("nla_torch", "fwd", 200, 200, 64, 0, 0, "float32")
+    assert sweep.predicted_ms(cfg, _done(cfg, 100 * 100, 10.0)) == pytest.approx(160.0)  # L^2: 4x pixels, 16x
+    nlsa = Config("nlsa_torch", "fwd", 200, 200, 64, 4, 144, "float32")
+    assert sweep.predicted_ms(nlsa, _done(nlsa, 100 * 100, 10.0)) == pytest.approx(40.0)
+    assert sweep.predicted_ms(nlsa, []) is None
+    assert sweep.predicted_ms(nlsa, _done(cfg, 100 * 100, 10.0)) is None  # another series
 
 
-class _FakeCase:
-    def __init__(self, fn):
-        self.fn = fn
-
-    def clear_grads(self):
-        pass
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """The GPU path of harness.Runner on CPU: timing, memory and synchronisation faked."""
+    monkeypatch.setattr(harness, "free_cuda", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(harness, "cuda_peak_mb", lambda fn: (fn(), 12.5)[1])
 
 
 @pytest.mark.parametrize(
@@ -131,17 +138,14 @@ class _FakeCase:
     [
         ("ok", ("ok", "ok")),
         ("oom_first_call", ("oom", "oom")),
+        ("oom_in_setup", ("oom", "oom")),
         ("no_backward", ("skipped", "skipped")),
         ("oom_in_do_bench", ("oom", "ok")),
         ("other_error", ("error", "error")),
     ],
 )
-def test_gpu_runner_statuses(monkeypatch, behaviour, expected):
-    """GpuRunner's handling, on CPU: build, timing and memory replaced by fakes."""
-    calls = []
-
+def test_gpu_runner_statuses(monkeypatch, fake_cuda, behaviour, expected):
     def fn():
-        calls.append(1)
         if behaviour == "oom_first_call":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 275.00 GiB")
         if behaviour == "no_backward":
@@ -149,36 +153,78 @@ def test_gpu_runner_statuses(monkeypatch, behaviour, expected):
         if behaviour == "other_error":
             raise ValueError("bad shape")
 
-    def fake_time(fn, **kw):
+    def setup(cfg):
+        if behaviour == "oom_in_setup":
+            raise RuntimeError("CUDA error: out of memory")
+        return fn
+
+    def fake_time(fn, timing):
         if behaviour == "oom_in_do_bench":
             raise RuntimeError("CUDA error: out of memory")
         fn()
         return 1.0, 0.9, 1.1
 
-    monkeypatch.setattr(sweep, "build", lambda cfg, device, seed=0: _FakeCase(fn))
-    monkeypatch.setattr(sweep, "gpu_peak_mb", lambda fn: (fn(), 12.5)[1])
-    monkeypatch.setattr(sweep, "gpu_time_ms", fake_time)
-    monkeypatch.setattr(sweep, "free_cuda", lambda *a, **k: None)
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
-    settings = sweep.make_settings(sweep.parse_args(["--quick", "--device", "cpu"]))
-    cfg = providers.Config("nlsa_triton", "fwd_bwd", 32, 32, 64, 2, 144, "float32")
-    result = sweep.GpuRunner(settings).run(cfg)
-    assert (result["time"]["status"], result["mem"]["status"]) == expected
+    monkeypatch.setattr(harness, "cuda_time_ms", fake_time)
+    cfg = Config("nlsa_triton", "fwd_bwd", 32, 32, 64, 2, 144, "float32")
+    result = harness.Runner("cuda").run(setup, cfg)
+    assert list(result.metrics) == ["time_ms", "peak_mem_mb"]
+    assert (result.metrics["time_ms"].status, result.metrics["peak_mem_mb"].status) == expected
     if expected == ("ok", "ok"):
-        assert result["time"]["median"] == 1.0 and result["mem"]["median"] == 12.5
+        assert result.metrics["time_ms"].median == 1.0 and result.metrics["peak_mem_mb"].median == 12.5
+        assert (result.metrics["time_ms"].p20, result.metrics["time_ms"].p80) == (0.9, 1.1)
+    else:
+        assert result.reason
 
 
-def test_gpu_runner_stops_after_a_sticky_cuda_error(monkeypatch):
+def test_gpu_runner_stops_after_a_sticky_cuda_error(fake_cuda):
     def fn():
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    monkeypatch.setattr(sweep, "build", lambda cfg, device, seed=0: _FakeCase(fn))
-    monkeypatch.setattr(sweep, "free_cuda", lambda *a, **k: None)
-    runner = sweep.GpuRunner(sweep.make_settings(sweep.parse_args(["--quick", "--device", "cpu"])))
-    cfg = providers.Config("nlsa_triton", "fwd", 32, 32, 64, 2, 144, "float32")
-    assert runner.run(cfg)["time"]["status"] == "error"
-    again = runner.run(cfg)
-    assert again["time"]["status"] == "error" and "broken" in again["reason"]
+    runner = harness.Runner("cuda")
+    cfg = Config("nlsa_triton", "fwd", 32, 32, 64, 2, 144, "float32")
+    assert runner.run(lambda cfg: fn, cfg).metrics["time_ms"].status == "error"
+    again = runner.run(lambda cfg: (lambda: None), cfg)
+    assert again.metrics["time_ms"].status == "error" and "broken" in again.reason
+
+
+def _killed(cfg):
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)  # what the OOM killer does
+
+
+def _hangs(cfg):
+    import time
+
+    time.sleep(60)
+
+
+def test_cpu_child_killed_or_hung():
+    """A child killed by SIGKILL is 'oom' (the OOM killer), one past its time limit 'error'."""
+    cfg = Config("nla_torch", "fwd", 8, 8, 64, 0, 0, "float32")
+    killed = harness.Runner("cpu").run(_killed, cfg)
+    assert killed.metrics["time_ms"].status == "oom" and "SIGKILL" in killed.reason
+    hung = harness.Runner("cpu", timeout_s=3).run(_hangs, cfg)
+    assert hung.metrics["peak_mem_mb"].status == "error" and "timed out" in hung.reason
+
+
+def test_nlsn_efficiency_tiny(tmp_path):
+    import nlsn_efficiency
+    import table
+
+    assert nlsn_efficiency.main(["--device", "cpu", "--n-feats", "16", "--n-resblocks", "2", "--sizes", "24",
+                                 "--out", str(tmp_path)]) == 0
+    stem = tmp_path / "nlsn_x2_f16_r2"
+    header, rows = _raw_rows(stem.with_suffix(".csv"))
+    assert tuple(header) == schema.CSV_COLUMNS
+    assert [(r["provider"], r["metric"], r["status"]) for r in rows] == [
+        (p, m, "skipped" if p == "nlsn_triton" and m != "gflops" else "ok")
+        for p in nlsn_efficiency.PROVIDERS for m in ("time_ms", "peak_mem_mb", "gflops")]
+    md = stem.with_suffix(".md").read_text()
+    assert "| NLSN (paper) | — | — | — |" in md  # 24x24: no paper numbers
+    assert "| NLSN nlsn_torch (ours) |" in md and md == table.render_table3(
+        schema.read_csv(stem.with_suffix(".csv")), __import__("json").loads(stem.with_suffix(".json").read_text()))
 
 
 def test_speedup_plot_with_triton_rows(quick_run, tmp_path):
@@ -207,7 +253,7 @@ def test_table_prefers_triton_rows():
     rows = [row("nla_torch", 0, "time_ms", 100, 7.0), row("nla_torch", 0, "peak_mem_mb", 100, 700.0)]
     for r in (1, 2, 4, 8):
         rows += [row("nlsa_triton", r, "time_ms", 100, 0.1 * r), row("nlsa_torch", r, "time_ms", 100, r)]
-    text = table.render(rows)
+    text = table.render_table2(rows)
     assert "| NLA | nla_torch | 7.00 / 9.6 | 700.0 / 730 | — / 47.3 | — / 3738 |" in text
     assert "| NLSA-r4 | nlsa_triton | 0.40 / 2.4 | — / 231 |" in text
     assert "| NLSA-r4 | nlsa_torch | 4.00 | — |" in text  # under the other providers

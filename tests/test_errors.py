@@ -9,23 +9,33 @@ import torch
 import nlsa_triton as nt
 import nlsa_triton._backend as backend_module
 import nlsa_triton._ops as ops_module
-import nlsa_triton.functional as functional_module
+import nlsa_triton.reference as reference_module
+import nlsa_triton.streaming as streaming_module
 from conftest import DEVICE
 
 N, L, D, C, R, K = 2, 20, 4, 8, 2, 8
 OTHER_DEVICE = "meta"  # a second device on every machine
 
 
+# What computes, per backend: the Triton launchers the registered ops call, and the torch
+# backend's and the reference's compute functions behind their checks.
+LAUNCHERS = [(ops_module, name) for name in ("chunked_attention_fwd", "chunked_attention_bwd", "lsh_hash_triton")
+             if backend_module.TRITON_MISSING is None] + [
+    (streaming_module, "_forward"), (streaming_module, "_backward"), (streaming_module, "_lsh_codes"),
+    (reference_module, "chunked_attention_with_lse"),
+]
+LAUNCHED = "a kernel was launched for an invalid input"
+
+
 @pytest.fixture(autouse=True)
 def no_kernel_launch(monkeypatch):
-    """Every launcher raises: an invalid input must be refused before one runs."""
+    """Every launcher raises: an invalid input must be refused before one runs
+    (test_no_kernel_launch_stops_every_backend shows that the patches are live)."""
     def launched(*args, **kwargs):
-        raise AssertionError("a kernel was launched for an invalid input")
+        raise AssertionError(LAUNCHED)
 
-    for module in (ops_module, functional_module):
-        for name in ("chunked_attention_fwd", "chunked_attention_bwd", "lsh_hash_triton"):
-            if hasattr(module, name):
-                monkeypatch.setattr(module, name, launched)
+    for module, name in LAUNCHERS:
+        monkeypatch.setattr(module, name, launched)  # raising=True: a renamed launcher fails here
 
 
 def _x(n=N, length=L, d=D, dtype=torch.float32, device=DEVICE):
@@ -115,6 +125,20 @@ CHUNKED_CASES = [
      "but it repeats 5 and lacks 7; pass check_perm=False to skip this check (indices are still checked to be in "
      "[0, L); the output is then undefined)", lambda: (_x(), _y(), _perm_with_repeat(), K)),
 ]
+
+
+@pytest.mark.parametrize("api, fn", [
+    pytest.param(api, fn, id=f"{api}-{fn}") for fn in ("chunked_attention", "nlsa", "lsh_hash") for api in APIS
+    # The reference's hash is one einsum inside its lsh_hash: no separate launcher to patch.
+    if not (fn == "lsh_hash" and api in ("reference", "nt.reference"))])
+def test_no_kernel_launch_stops_every_backend(api, fn):
+    """Valid inputs reach a patched launcher on every backend: the fixture guards what runs."""
+    if api == "triton" and backend_module.TRITON_MISSING is not None:
+        pytest.skip("triton is not importable")
+    args = {"chunked_attention": (_x(), _y(), _perm(), K), "nlsa": (_x(), _y()),
+            "lsh_hash": (_x(), _rotations())}[fn]
+    kwargs = {"n_hashes": R, "chunk_size": K} if fn == "nlsa" else {}
+    _raises(AssertionError, LAUNCHED, _call, api, fn, *args, **kwargs)
 
 
 @pytest.mark.parametrize("api", APIS)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import nlsa_triton as nt
-from conftest import DEVICE, rel_err
+from conftest import DEVICE, assert_close
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import nlsa_flex  # noqa: E402
@@ -65,7 +65,7 @@ def test_flex_matches_reference(n, length, n_hashes, chunk_size):
         out = _flex(x, y, rotations, chunk_size)
         expected = nt.reference.nlsa(x, y, n_hashes=n_hashes, chunk_size=chunk_size, rotations=rotations)
     assert out.dtype == x.dtype
-    assert rel_err(out, expected) < TOLERANCE
+    assert_close("out", out, expected, TOLERANCE)
 
 
 @pytest.mark.skipif(not ON_GPU, reason="FlexAttention has no backward on CPU (torch 2.13)")
@@ -76,7 +76,8 @@ def test_flex_gradients_match_reference(n, length, n_hashes, chunk_size):
     dx, dy = torch.autograd.grad(_flex(x, y, rotations, chunk_size), (x, y), grad_out)
     expected = nt.reference.nlsa(x, y, n_hashes=n_hashes, chunk_size=chunk_size, rotations=rotations)
     rx, ry = torch.autograd.grad(expected, (x, y), grad_out)
-    assert rel_err(dx, rx) < 1e-4 and rel_err(dy, ry) < 1e-5
+    assert_close("dx", dx, rx, 1e-4)
+    assert_close("dy", dy, ry, 1e-5)
 
 
 def test_compiled_cpu_flex_refuses_lse():

@@ -3,52 +3,19 @@ import pytest
 import torch
 
 import nlsa_triton as nt
-from conftest import DEVICE, assert_close, rel_err
+from conftest import DEVICE, SHAPE_ARGS, SHAPES, assert_close, bucket_perm, make_inputs, shapes
+from nlsa_triton import reference, streaming
 
 # Measured (interpreter, this grid): fp32 <= 3.4e-7, fp16 <= 2.6e-4 overall and 2.8e-4 on
 # the worst block of 16 rows; assert_close also holds every block to twice the tolerance.
 TOLERANCE = {torch.float32: 2e-6, torch.float16: 6e-4}
 
-# L in {1, < K, = K, two chunks, padding longer than the tail, many chunks}, R in {1, 2, 4, 8},
-# N in {1, 2}, (d, c) in {(16, 64), (8, 24), (12, 40)}.
-SHAPES = [  # N, L, d, c, n_hashes, chunk_size
-    pytest.param(1, 1, 16, 64, 1, 16, id="L=1"),
-    pytest.param(2, 1, 8, 24, 4, 16, id="L=1_N2"),
-    pytest.param(1, 11, 16, 64, 2, 16, id="L<K"),
-    pytest.param(2, 7, 12, 40, 8, 16, id="L<K_odd_dc"),
-    pytest.param(1, 16, 8, 24, 4, 16, id="L=K"),
-    pytest.param(2, 32, 16, 64, 2, 16, id="two_chunks"),
-    pytest.param(1, 27, 12, 40, 4, 16, id="two_chunks_padded"),
-    pytest.param(2, 21, 8, 24, 8, 16, id="padding_longer_than_tail"),
-    pytest.param(1, 100, 16, 64, 4, 16, id="many_chunks"),
-    pytest.param(2, 70, 12, 40, 1, 16, id="many_chunks_R1"),
-    pytest.param(1, 97, 8, 24, 8, 8, id="many_chunks_R8"),
-    pytest.param(1, 300, 16, 64, 4, 144, id="chunk144_padding_longer_than_tail"),
-    pytest.param(1, 200, 12, 180, 2, 144, id="chunk144_c180"),
-    # Chunk 144 with 64-row tiles that straddle chunks: several chunks, N = 2, padding 20
-    # and 143, one chunk (L < K and L = K), no padding, and NLSN's d 64 / c 256.
-    pytest.param(2, 700, 16, 64, 2, 144, id="N2-L700-P20"),
-    pytest.param(2, 577, 16, 64, 2, 144, id="N2-L577-P143"),
-    pytest.param(1, 100, 16, 64, 2, 144, id="L100-one_chunk"),
-    pytest.param(1, 144, 16, 64, 2, 144, id="L144-one_chunk"),
-    pytest.param(1, 432, 16, 64, 3, 144, id="L432-no_padding"),
-    pytest.param(1, 300, 64, 256, 1, 144, id="L300-d64-c256-R1"),
-]
-
-
-def _inputs(n, length, d, c, dtype, seed):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, length, d, generator=gen)
-    y = torch.randn(n, length, c, generator=gen)
-    return x.to(DEVICE, dtype), y.to(DEVICE, dtype), gen
-
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("n, length, d, c, n_hashes, chunk_size", SHAPES)
+@pytest.mark.parametrize(SHAPE_ARGS, SHAPES)
 def test_chunked_attention_triton_equals_reference(n, length, d, c, n_hashes, chunk_size, dtype):
-    x, y, gen = _inputs(n, length, d, c, dtype, seed=length * 7 + n_hashes)
-    codes = torch.randint(0, 6, (n, n_hashes, length), generator=gen)
-    perm = nt.bucket_sort(codes).to(DEVICE)
+    x, y, gen = make_inputs(n, length, d, c, seed=length * 7 + n_hashes, dtype=dtype)
+    perm = bucket_perm(n, n_hashes, length, gen)
     out = nt.chunked_attention(x, y, perm, chunk_size, backend="triton")
     # The reference sees the same (rounded) inputs and computes in float64.
     expected = nt.reference.chunked_attention(x.double().cpu(), y.double().cpu(), perm.cpu(), chunk_size)
@@ -65,17 +32,64 @@ def test_chunked_attention_triton_equals_reference(n, length, d, c, n_hashes, ch
     ],
 )
 def test_nlsa_triton_equals_reference(n, length, n_hashes, chunk_size):
-    x, y, _ = _inputs(n, length, 16, 64, torch.float32, seed=length)
+    x, y, _ = make_inputs(n, length, 16, 64, seed=length)
     out = nt.nlsa(x, y, n_hashes=n_hashes, chunk_size=chunk_size,
                   generator=torch.Generator(DEVICE).manual_seed(5), backend="triton")
     expected = nt.reference.nlsa(x.double(), y.double(), n_hashes=n_hashes, chunk_size=chunk_size,
                                  generator=torch.Generator(DEVICE).manual_seed(5))
-    assert rel_err(out, expected) < TOLERANCE[torch.float32]
+    assert_close("out", out, expected, TOLERANCE[torch.float32])
 
 
 def test_int32_perm_is_accepted():
-    x, y, gen = _inputs(1, 40, 8, 24, torch.float32, seed=1)
-    perm = nt.bucket_sort(torch.randint(0, 4, (1, 2, 40), generator=gen)).to(DEVICE)
+    x, y, gen = make_inputs(1, 40, 8, 24, seed=1)
+    perm = bucket_perm(1, 2, 40, gen, n_codes=4)
     a = nt.chunked_attention(x, y, perm, 16, backend="triton")
     b = nt.chunked_attention(x, y, perm.int(), 16, backend="triton")
     assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------
+# The forward's log-sum-exp: what the backward recomputes the probabilities from
+
+
+LSE_SHAPES = shapes("L=1_N2", "L<K", "L=K", "two_chunks", "two_chunks_padded", "padding_longer_than_tail",
+                    "N3_odd", "N2-L700-P20", "N2-L577-P143", "L432-no_padding")
+# Measured (interpreter, these shapes, relative norm): the Triton lse <= 1e-7 from fp32 and
+# from fp16 inputs (lse is fp32 in both, and the reference sees the same rounded inputs),
+# 6e-8 on the worst block of 16 pixels; the torch backend's <= 6e-8. A round left out of
+# the sum, or a candidate counted with the wrong multiplicity, moves lse by O(log 2).
+LSE_TOLERANCE = 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize(SHAPE_ARGS, LSE_SHAPES)
+def test_triton_lse_equals_reference_lse(n, length, d, c, n_hashes, chunk_size, dtype):
+    """The registered forward op's lse (N, L) fp32, log of the sum of exp(score) over every
+    round's candidates (docs/semantics.md §6), is the reference's, in float64 on the same
+    rounded inputs: the backward's probabilities exp(s - lse) depend on it."""
+    x, y, gen = make_inputs(n, length, d, c, seed=length * 13 + n_hashes, dtype=dtype)
+    perm = bucket_perm(n, n_hashes, length, gen)
+    out, lse, out_fp32 = torch.ops.nlsa_triton.chunked_attention_fwd(x, y, perm, chunk_size, "full", True)
+    expected_out, expected = reference.chunked_attention_with_lse(x.double().cpu(), y.double().cpu(), perm.cpu(),
+                                                                  chunk_size)
+    assert lse.dtype == torch.float32 and lse.shape == (n, length)
+    assert_close("lse", lse.cpu()[..., None], expected[..., None], LSE_TOLERANCE, block_factor=2)
+    assert_close("out", out.cpu(), expected_out, TOLERANCE[dtype], block_factor=2)
+    if dtype == torch.float32:
+        assert out_fp32.numel() == 0  # nothing to keep: out is the fp32 output
+    else:  # the output before rounding, kept for the backward (measured <= 1.3e-4)
+        assert torch.equal(out_fp32.to(dtype), out)
+        assert_close("out_fp32", out_fp32.cpu(), expected_out, TOLERANCE[dtype], block_factor=2)
+
+
+@pytest.mark.parametrize(SHAPE_ARGS, LSE_SHAPES)
+def test_torch_backend_lse_equals_reference_lse(n, length, d, c, n_hashes, chunk_size):
+    """The torch backend's forward keeps an lse for its backward, (N L + 1,) with +inf in the
+    discarded row that padded positions write to: the same lse as the reference's."""
+    x, y, gen = make_inputs(n, length, d, c, seed=length * 13 + n_hashes)
+    perm = bucket_perm(n, n_hashes, length, gen)
+    out, lse = streaming._forward(x, y, perm, chunk_size, None, with_lse=True)
+    expected_out, expected = reference.chunked_attention_with_lse(x.double(), y.double(), perm, chunk_size)
+    assert lse.shape == (n * length + 1,) and lse[-1].item() == float("inf")
+    assert_close("lse", lse[:-1].view(n, length, 1), expected[..., None], LSE_TOLERANCE, block_factor=2)
+    assert_close("out", out, expected_out, TOLERANCE[torch.float32], block_factor=2)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import nlsa_triton as nt
-from conftest import DEVICE, rel_err
+from conftest import DEVICE, assert_close
 
 NLSA_KEYS = ["conv_match.0.weight", "conv_match.0.bias", "conv_assembly.0.weight", "conv_assembly.0.bias"]
 NLA_KEYS = [f"{m}.{k}" for m in ("conv_match1", "conv_match2", "conv_assembly")
@@ -46,7 +46,7 @@ def test_sparse_attention_module_equals_reference_backend(n, h, w, chunk_size, n
     module.backend = "reference"
     expected = module(inp, rotations)
     assert out.shape == inp.shape
-    assert rel_err(out, expected) < 2e-6
+    assert_close(f"{backend} module output", out, expected, 2e-6)
 
 
 def test_sparse_attention_module_equals_its_definition():
@@ -60,7 +60,7 @@ def test_sparse_attention_module_equals_its_definition():
     y = module.conv_assembly(inp).flatten(2).transpose(1, 2)
     attention = nt.reference.nlsa(x, y, n_hashes=2, chunk_size=8, rotations=rotations)
     expected = attention.transpose(1, 2).reshape(inp.shape) * 0.1 + inp
-    assert rel_err(module(inp, rotations), expected) < 1e-12
+    assert_close("module output", module(inp, rotations), expected, 1e-12)
 
 
 def test_full_attention_equals_nlsn_forward():
@@ -74,7 +74,7 @@ def test_full_attention_equals_nlsn_forward():
     score = F.softmax(torch.matmul(x_embed_1, x_embed_2), dim=2)
     x_assembly = module.conv_assembly(inp).reshape(n, -1, h * w).permute(0, 2, 1)
     expected = torch.matmul(score, x_assembly).permute(0, 2, 1).reshape(n, -1, h, w) + 0.5 * inp
-    assert rel_err(module(inp), expected) < 1e-12
+    assert_close("module output", module(inp), expected, 1e-12)
 
 
 def test_modules_describe_themselves():

@@ -3,7 +3,7 @@ and Triton vs reference forward."""
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import rel_err
+from conftest import assert_close, rel_err
 
 import nlsa_triton as nt
 from nlsa_triton.models import NLSN
@@ -275,7 +275,7 @@ def test_forward_matches_authors_network(scale):
         theirs = _authors_forward(m.state_dict(), x, rot, TINY["n_hashes"], TINY["chunk_size"], TINY["res_scale"],
                                   scale)
     assert ours.shape == (2, 3, scale * H, scale * W)
-    assert rel_err(ours, theirs) < 1e-5
+    assert_close("network output", ours, theirs, 1e-5)
 
 
 def test_triton_backend_matches_reference_network(device):
@@ -290,7 +290,7 @@ def test_triton_backend_matches_reference_network(device):
         # The same rotations, given explicitly, give the same output.
         explicit = m.set_backend("torch")(x, rotations=_rotations(m, torch.Generator(device).manual_seed(7)))
     assert torch.isfinite(tri).all()
-    assert rel_err(tri, ref) < 1e-5
+    assert_close("triton network output", tri, ref, 1e-5)
     assert torch.equal(explicit, ref)
     # The check is sensitive: another hash changes the output far beyond that tolerance.
     assert rel_err(other_seed, ref) > 1e-3
@@ -312,3 +312,78 @@ def test_flops_match_torch_flop_counter(scale, h, w):
     assert flops["conv"] == counts.pop("aten.convolution")
     assert flops["attention"] == counts.pop("aten.bmm")
     assert counts == {} and flops["total"] == flops["conv"] + flops["attention"]
+
+
+# Inference (no autograd graph) runs the residual adds in place and, on the CPU, the tail
+# in strips of rows (models/strips.py): the same bits as the autograd path.
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_inference_path_gives_the_autograd_paths_bits(scale, monkeypatch):
+    from nlsa_triton.models import strips
+
+    torch.manual_seed(scale)
+    m = NLSN(scale, n_feats=16, n_resblocks=8, chunk_size=24, n_hashes=2).set_backend("torch")
+    x = torch.rand(1, 3, 96, 64)
+    x0 = x.clone()
+    trained = m(x, generator=torch.Generator().manual_seed(5))  # parameters require grad
+    assert trained.requires_grad
+    trained.sum().backward()  # the autograd path still trains
+    assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+    ran = []
+    run = strips.run_in_strips
+    monkeypatch.setattr(strips, "STRIP_BYTES", 2 ** 20)  # strips on a small map too
+    monkeypatch.setattr("nlsa_triton.models.nlsn.run_in_strips",
+                        lambda *a, **k: ran.append(run(*a, **k) is not None) or run(*a, **k))
+    with torch.no_grad():
+        inferred = m(x, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        inferred_im = m(x, generator=torch.Generator().manual_seed(5))
+    assert ran == [True, True]  # in strips, both times
+    assert torch.equal(x, x0)  # the input is never written
+    assert torch.equal(inferred, trained.detach()) and torch.equal(inferred_im, inferred)
+
+
+@pytest.mark.parametrize("scale,h,w", [(2, 37, 64), (3, 30, 50), (4, 60, 40), (2, 9, 300)])
+@pytest.mark.parametrize("strip_bytes", [1, 2 ** 20])
+def test_tail_in_strips_equals_the_whole_tail(scale, h, w, strip_bytes):
+    """Strips down to MIN_STRIP_ROWS rows (strip_bytes 1), borders and unequal last strips
+    included, against the tail on the whole map, bit for bit."""
+    from nlsa_triton.models.strips import MIN_STRIP_ROWS, run_in_strips
+
+    torch.manual_seed(0)
+    m = NLSN(scale, n_feats=32, n_resblocks=1)
+    feats = torch.randn(2, 32, h, w)
+    with torch.no_grad():
+        whole = m.tail(feats)
+        out = run_in_strips(m.tail, feats, strip_bytes)
+        assert run_in_strips(m.tail, feats[:, :, :MIN_STRIP_ROWS], strip_bytes) is None  # one strip: no-op
+    assert out is not None and torch.equal(out, whole)
+
+
+def test_tail_in_strips_steps_aside():
+    """A tail with forward hooks, or with another kind of layer, runs as a whole."""
+    from nlsa_triton.models.strips import run_in_strips, tail_layers
+
+    m = NLSN(2, n_feats=8, n_resblocks=1)
+    assert [type(t).__name__ for t in tail_layers(m.tail)] == ["Conv2d", "PixelShuffle", "Conv2d"]
+    handle = m.tail[1].register_forward_hook(lambda *a: None)
+    assert tail_layers(m.tail) is None and run_in_strips(m.tail, torch.rand(1, 8, 64, 8), 1) is None
+    handle.remove()
+    m.tail.append(torch.nn.ReLU())
+    assert tail_layers(m.tail) is None
+
+
+def test_attention_block_in_place_step_gives_the_same_bits():
+    """NonLocalSparseAttention without a graph (in place) vs with one (out of place):
+    the same values and the same (channels-last) strides; the input is left alone."""
+    torch.manual_seed(4)
+    block = nt.NonLocalSparseAttention(channels=16, n_hashes=2, chunk_size=24, res_scale=0.1, backend="torch")
+    inp = torch.randn(1, 16, 12, 15)
+    inp0 = inp.clone()
+    rot = nt.random_rotations(4, 2, nt.num_buckets(180, 24))
+    with_graph = block(inp, rot)
+    with torch.no_grad():
+        without = block(inp, rot)
+    assert with_graph.requires_grad and torch.equal(inp, inp0)
+    assert torch.equal(without, with_graph.detach()) and without.stride() == with_graph.stride()

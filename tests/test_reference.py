@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import nlsa_triton as nt
-from conftest import rel_err
-from nlsa_triton.buckets import chunk_layout
+from conftest import assert_close, random_perm
+from nlsa_triton.chunks import chunk_layout
 
 FIXTURE = torch.load(Path(__file__).parent / "fixtures" / "nlsn_outputs.pt", weights_only=True)
 NLSN_SPARSE = [pytest.param(c, id=c["name"]) for c in FIXTURE["cases"] if c["kind"] == "sparse"]
@@ -57,7 +57,7 @@ def test_reference_equals_dense_multiplicity_form(n, length, d, c, n_hashes, chu
     codes = torch.randint(0, 4, (n, n_hashes, length), generator=gen)
     perm = nt.bucket_sort(codes)
     expected = dense_multiplicity_attention(x, y, perm, chunk_size)
-    assert rel_err(nt.reference.chunked_attention(x, y, perm, chunk_size), expected) < 1e-12
+    assert_close("reference", nt.reference.chunked_attention(x, y, perm, chunk_size), expected, 1e-12)
 
 
 def _nlsn_attention(case):
@@ -77,9 +77,9 @@ def test_reference_and_dense_form_equal_nlsn_on_its_sort_order(case):
     """Driven by the order NLSN's unstable sort actually produced (§3-§6, §9.1)."""
     x, y, perm, chunk_size = case["x"], case["y"], case["perm"].long(), case["chunk_size"]
     expected = _nlsn_attention(case)
-    assert rel_err(nt.reference.chunked_attention(x, y, perm, chunk_size), expected) < 1e-14
+    assert_close("reference", nt.reference.chunked_attention(x, y, perm, chunk_size), expected, 1e-14)
     if _dense_work(case) <= 20_000:  # the explicit loops take seconds on the larger cases
-        assert rel_err(dense_multiplicity_attention(x, y, perm, chunk_size), expected) < 1e-14
+        assert_close("dense form", dense_multiplicity_attention(x, y, perm, chunk_size), expected, 1e-14)
 
 
 @pytest.mark.parametrize("case", NLSN_SPARSE)
@@ -107,11 +107,11 @@ def test_module_with_nlsn_state_dict_equals_nlsn(case):
     module.load_state_dict(case["state_dict"], strict=True)
     inp = case["input"]
     with torch.no_grad():
-        assert rel_err(module.conv_match(inp).flatten(2).transpose(1, 2), case["x"]) < 1e-14
-        assert rel_err(module.conv_assembly(inp).flatten(2).transpose(1, 2), case["y"]) < 1e-14
+        assert_close("x (conv_match)", module.conv_match(inp).flatten(2).transpose(1, 2), case["x"], 1e-14)
+        assert_close("y (conv_assembly)", module.conv_assembly(inp).flatten(2).transpose(1, 2), case["y"], 1e-14)
         layout = chunk_layout(case["H"] * case["W"], case["chunk_size"])
         if case["perm_is_stable_argsort"] or (layout.padding == 0 and layout.n_chunks in (1, 3)):
-            assert rel_err(module(inp, case["rotations"]), case["output"]) < 1e-14
+            assert_close("module output", module(inp, case["rotations"]), case["output"], 1e-14)
 
 
 @pytest.mark.parametrize("case", NLSN_FULL)
@@ -121,7 +121,7 @@ def test_full_attention_module_with_nlsn_state_dict_equals_nlsn(case):
                                   res_scale=case["res_scale"]).double()
     module.load_state_dict(case["state_dict"], strict=True)
     with torch.no_grad():
-        assert rel_err(module(case["input"]), case["output"]) < 1e-14
+        assert_close("module output", module(case["input"]), case["output"], 1e-14)
 
 
 @pytest.mark.parametrize(
@@ -139,6 +139,6 @@ def test_when_all_keys_fit_one_chunk_the_hash_does_not_matter():
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(2, 9, 4, generator=gen, dtype=torch.float64), torch.randn(2, 9, 5, generator=gen,
                                                                                    dtype=torch.float64)
-    perm = torch.stack([torch.randperm(9, generator=gen) for _ in range(6)]).view(2, 3, 9)
+    perm = random_perm(2, 3, 9, gen, device="cpu")
     full = torch.softmax(x @ (x / x.norm(dim=-1, keepdim=True)).transpose(1, 2), -1) @ y
-    assert rel_err(nt.reference.chunked_attention(x, y, perm, 16), full) < 1e-12
+    assert_close("reference", nt.reference.chunked_attention(x, y, perm, 16), full, 1e-12)

@@ -8,21 +8,10 @@ import pytest
 import torch
 
 import nlsa_triton as nt
-from conftest import DEVICE, rel_err
-from nlsa_triton.buckets import chunk_layout
+from conftest import DEVICE, assert_close, bucket_perm, make_inputs, rel_err
+from nlsa_triton.chunks import chunk_layout
 
 BACKENDS = ["torch", "triton", "reference"]
-
-
-def _inputs(n, length, d, c, seed, dtype=torch.float32, scale=1.0):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, length, d, generator=gen) * scale
-    y = torch.randn(n, length, c, generator=gen)
-    return x.to(DEVICE, dtype), y.to(DEVICE, dtype), gen
-
-
-def _random_perm(n, rounds, length, gen, n_codes=6):
-    return nt.bucket_sort(torch.randint(0, n_codes, (n, rounds, length), generator=gen)).to(DEVICE)
 
 
 def sees(perm: torch.Tensor, chunk_size: int) -> torch.Tensor:
@@ -49,7 +38,7 @@ def sees(perm: torch.Tensor, chunk_size: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_batch_forward_and_backward(backend):
-    x, y, gen = _inputs(0, 30, 4, 8, seed=1)
+    x, y, gen = make_inputs(0, 30, 4, 8, seed=1)
     x.requires_grad_(True)
     y.requires_grad_(True)
     perm = torch.zeros(0, 2, 30, dtype=torch.int64, device=DEVICE)
@@ -65,11 +54,11 @@ def test_empty_batch_forward_and_backward(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_zero_length_and_zero_channels(backend):
-    x, y, _ = _inputs(2, 0, 4, 8, seed=2)
+    x, y, _ = make_inputs(2, 0, 4, 8, seed=2)
     assert nt.chunked_attention(x, y, torch.zeros(2, 3, 0, dtype=torch.int64, device=DEVICE), 8,
                                 backend=backend).shape == (2, 0, 8)
-    x, y, gen = _inputs(2, 12, 4, 0, seed=3)
-    perm = _random_perm(2, 2, 12, gen)
+    x, y, gen = make_inputs(2, 12, 4, 0, seed=3)
+    perm = bucket_perm(2, 2, 12, gen)
     assert nt.chunked_attention(x, y, perm, 8, backend=backend).shape == (2, 12, 0)
     assert nt.nlsa(x, y, n_hashes=2, chunk_size=8, backend=backend).shape == (2, 12, 0)
 
@@ -77,7 +66,7 @@ def test_zero_length_and_zero_channels(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("n_hashes, chunk_size", [(1, 1), (3, 5), (4, 144)])
 def test_single_position_returns_y(backend, n_hashes, chunk_size):
-    x, y, _ = _inputs(3, 1, 6, 10, seed=4)
+    x, y, _ = make_inputs(3, 1, 6, 10, seed=4)
     out = nt.nlsa(x, y, n_hashes=n_hashes, chunk_size=chunk_size, backend=backend)
     torch.testing.assert_close(out, y, rtol=1e-6, atol=1e-6)
 
@@ -108,8 +97,8 @@ def test_tiny_images_through_the_module(backend, h, w):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_contiguous_inputs_give_the_contiguous_result(backend):
-    x, y, gen = _inputs(2, 40, 6, 12, seed=5)
-    perm = _random_perm(2, 3, 40, gen)
+    x, y, gen = make_inputs(2, 40, 6, 12, seed=5)
+    perm = bucket_perm(2, 3, 40, gen)
     expected = nt.chunked_attention(x, y, perm, 8, backend=backend)
     # x: every other feature of a wider tensor (last stride 2); y: a transposed (c, L) view;
     # perm: a transposed (N, L, R) tensor; and a slice along L with unit last stride.
@@ -146,21 +135,21 @@ def test_channels_last_and_strided_images(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 def test_huge_norms_stay_finite(backend, dtype):
-    x, y, gen = _inputs(2, 60, 8, 16, seed=7)
+    x, y, gen = make_inputs(2, 60, 8, 16, seed=7)
     x = (x / x.norm(dim=-1, keepdim=True) * 1e4).to(dtype)  # ||x|| = 1e4 for every row
     y = y.to(dtype)
-    perm = _random_perm(2, 3, 60, gen)
+    perm = bucket_perm(2, 3, 60, gen)
     out = nt.chunked_attention(x, y, perm, 8, backend=backend)
     assert out.dtype == dtype and torch.isfinite(out).all()
     expected = nt.reference.chunked_attention(x.double(), y.double(), perm, 8)
-    assert rel_err(out, expected) < (2e-3 if dtype == torch.float16 else 1e-4)
+    assert_close("out", out, expected, 2e-3 if dtype == torch.float16 else 1e-4)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("where", ["x", "y", "x_and_y"])
 def test_nan_pixel_reaches_exactly_the_queries_that_see_it(backend, where):
-    x, y, gen = _inputs(2, 64, 4, 8, seed=8)
-    perm = _random_perm(2, 2, 64, gen, n_codes=8)
+    x, y, gen = make_inputs(2, 64, 4, 8, seed=8)
+    perm = bucket_perm(2, 2, 64, gen, n_codes=8)
     j = 37
     if "x" in where:
         x[1, j, 2] = float("nan")
@@ -180,7 +169,7 @@ def test_nan_pixel_reaches_exactly_the_queries_that_see_it(backend, where):
 def test_nan_pixel_through_the_hash(backend):
     """A NaN row of x hashes to bucket 0 on every backend; the NaN reaches exactly the queries whose
     candidates (from the perm of that hash) contain it."""
-    x, y, gen = _inputs(1, 50, 4, 8, seed=9)
+    x, y, gen = make_inputs(1, 50, 4, 8, seed=9)
     x[0, 11] = float("nan")
     rotations = nt.random_rotations(4, 3, nt.num_buckets(50, 4), generator=gen).to(DEVICE)
     codes = nt.lsh_hash(x, rotations, backend=backend)
@@ -193,8 +182,8 @@ def test_nan_pixel_through_the_hash(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_check_perm_false_skips_only_the_permutation_check(backend):
-    x, y, gen = _inputs(2, 20, 4, 8, seed=10)
-    perm = _random_perm(2, 2, 20, gen)
+    x, y, gen = make_inputs(2, 20, 4, 8, seed=10)
+    perm = bucket_perm(2, 2, 20, gen)
     expected = nt.chunked_attention(x, y, perm, 8, backend=backend)
     assert torch.equal(nt.chunked_attention(x, y, perm, 8, backend=backend, check_perm=False), expected)
     bad = perm.clone()
@@ -227,7 +216,7 @@ def _draws(count=15, seed=20240611):
 @pytest.mark.parametrize("draw", _draws(), ids=lambda d: "N{n}_L{length}_d{d}_c{c}_R{rounds}_K{chunk}".format(**d))
 def test_random_shapes_equal_reference(draw, backend):
     """Forward and gradients of the Triton path (and the torch backend) against the float64 reference."""
-    x, y, gen = _inputs(draw["n"], draw["length"], draw["d"], draw["c"], draw["seed"], scale=draw["scale"])
+    x, y, gen = make_inputs(draw["n"], draw["length"], draw["d"], draw["c"], seed=draw["seed"], scale=draw["scale"])
     grad_out = torch.randn(y.shape, generator=gen).to(DEVICE)
     x.requires_grad_(True)
     y.requires_grad_(True)
@@ -238,22 +227,22 @@ def test_random_shapes_equal_reference(draw, backend):
                       backend=backend)
         perm = nt.bucket_sort(nt.lsh_hash(x, rotations, backend="reference"))
     else:
-        perm = _random_perm(draw["n"], draw["rounds"], draw["length"], gen, n_codes=draw["length"] // 3 + 1)
+        perm = bucket_perm(draw["n"], draw["rounds"], draw["length"], gen, n_codes=draw["length"] // 3 + 1)
         out = nt.chunked_attention(x, y, perm, draw["chunk"], backend=backend)
     x64, y64 = x.detach().double().requires_grad_(True), y.detach().double().requires_grad_(True)
     expected = nt.reference.chunked_attention(x64, y64, perm, draw["chunk"])
     assert out.shape == expected.shape and out.dtype == torch.float32
-    assert rel_err(out, expected) < 1e-5
+    assert_close("out", out, expected, 1e-5)
     dx, dy = torch.autograd.grad(out, (x, y), grad_out)
     dx64, dy64 = torch.autograd.grad(expected, (x64, y64), grad_out.double())
-    assert rel_err(dy, dy64) < 1e-5
+    assert_close("dy", dy, dy64, 1e-5)
     if draw["length"] > 1:  # L = 1: out = y whatever x is, dx = 0
         # Large scales make the softmax peaked and dx ill-conditioned in float32: the bound is
         # twice the float32 reference's own error, or 1e-5.
         x32 = x.detach().requires_grad_(True)
         (dx32,) = torch.autograd.grad(nt.reference.chunked_attention(x32, y.detach(), perm, draw["chunk"]), x32,
                                       grad_out)
-        assert rel_err(dx, dx64) < max(1e-5, 2 * rel_err(dx32, dx64))
+        assert_close("dx", dx, dx64, max(1e-5, 2 * rel_err(dx32, dx64)))
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""Attention maps of Non-Local Sparse Attention for one query pixel (the seed's Figure 1).
+"""Attention maps of Non-Local Sparse Attention for one query pixel (Figure 1 of the NLSN
+supplementary material).
 
 NLSN's supplementary material (section 3, Figure 1) shows, for a chosen point of an
 image, the correlation map of each hash round and of the combined attention. This
 module computes exactly those weights, with the same hash, sort and chunk layout as
-``nlsa`` (``buckets.resolve_rotations``, ``reference.lsh_hash``, ``buckets.bucket_sort``,
-``buckets.chunk_layout``), so that for the same rotations
+``nlsa`` (``hashing.resolve_rotations``, the reference's hash, ``sorting.bucket_sort``,
+``chunks.chunk_layout``), so that for the same rotations
 
     sum_j maps[n, n_hashes, j] * y[n, j] == nlsa(x, y, rotations=rotations)[n, query_index]
 
@@ -17,9 +18,11 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from . import _validation as v
-from .buckets import bucket_sort, chunk_layout, resolve_rotations
-from .reference import KEY_NORM_EPS, compute_dtype, lsh_hash
+from .. import _validation as v
+from ..chunks import chunk_layout
+from ..hashing import resolve_rotations
+from ..reference import KEY_NORM_EPS, compute_dtype, lsh_hash_unchecked
+from ..sorting import bucket_sort
 
 __all__ = ["attention_maps"]
 
@@ -53,7 +56,7 @@ def attention_maps(
     copies, or the same chunk counted twice when there are one or two chunks) gets the
     sum of its weights. Each such row sums to 1. The last row is the combined map,
     ``sum_r softmax_r(lse_r) * row_r``: the weights of the one softmax over all rounds'
-    candidates with which ``nlsa`` forms the query's output (spec section 6); it also
+    candidates with which ``nlsa`` forms the query's output (docs/semantics.md §6.1); it also
     sums to 1.
 
     The hash is nlsa's: the caller's ``rotations`` (d, n_hashes, n_buckets // 2), or
@@ -61,7 +64,7 @@ def attention_maps(
     these maps describe. Computed in float32 (float64 for float64 x); the result is in
     that dtype.
     """
-    v.check_float_tensor(x, "x", 3, "(N, L, d)")
+    v.check_match_embedding(x)
     n, length, _ = x.shape
     query_index = _check_query_index(query_index, length)
     rotations = resolve_rotations(x, n_hashes, chunk_size, rotations, generator)
@@ -70,7 +73,7 @@ def attention_maps(
     if n == 0:
         return torch.zeros((0, rounds + 1, length), dtype=acc, device=x.device)
 
-    perm = bucket_sort(lsh_hash(x, rotations))  # (N, R, L)
+    perm = bucket_sort(lsh_hash_unchecked(x, rotations))  # (N, R, L)
     chunk, padding, n_chunks = chunk_layout(length, chunk_size)
 
     # The query's sorted position and chunk in each round.

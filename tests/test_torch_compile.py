@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import nlsa_triton as nt
-from conftest import DEVICE, HAS_GPU
+from conftest import DEVICE, HAS_GPU, bucket_perm, make_inputs
 from nlsa_triton import _ops
 
 needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
@@ -28,10 +28,8 @@ def fresh_dynamo():
 
 
 def _inputs(n=N, length=L, d=D, c=C, seed=0, dtype=torch.float32):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, length, d, generator=gen).to(DEVICE, dtype)
-    y = torch.randn(n, length, c, generator=gen).to(DEVICE, dtype)
-    perm = nt.bucket_sort(torch.randint(0, 4, (n, R, length), generator=gen)).to(DEVICE)
+    x, y, gen = make_inputs(n, length, d, c, seed=seed, dtype=dtype)
+    perm = bucket_perm(n, R, length, gen, n_codes=4)
     rotations = nt.random_rotations(d, R, nt.num_buckets(length, K), generator=gen).to(DEVICE)
     return x, y, perm, rotations
 

@@ -1,8 +1,9 @@
-"""Criss-cross attention (CCNet, Huang et al., ICCV 2019): the seed paper's Table 1 baseline.
+"""Criss-cross attention (CCNet, Huang et al., ICCV 2019): a baseline of the NLSN supplementary material.
 
-The NLSN supplementary compares NLSA with criss-cross attention, a sparse attention whose
-pattern is fixed by position: a pixel attends only to the pixels of its row and its
-column, and two recurrent applications give every pixel a path to every other pixel.
+The NLSN supplementary material compares NLSA with criss-cross attention, a sparse
+attention whose pattern is fixed by position: a pixel attends only to the pixels of its
+row and its column, and two recurrent applications give every pixel a path to every
+other pixel.
 
 This follows CCNet's official pure-PyTorch ``CrissCrossAttention`` (repository
 speedinghzl/CCNet, ``cc_attention/functions.py``) operation for operation:
@@ -30,8 +31,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import _validation as v
-from .modules import _check_feature_map
+from .. import _validation as v
 
 __all__ = ["CrissCrossAttention", "criss_cross_attention"]
 
@@ -89,7 +89,7 @@ class CrissCrossAttention(nn.Module):
         return self.gamma * out + x
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        _check_feature_map(input, self.channels, self)
+        v.check_feature_map(input, self.channels, self)
         out = input
         for _ in range(self.recurrence):
             out = self._step(out)

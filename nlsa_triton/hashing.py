@@ -1,7 +1,11 @@
-"""Hash-bucket bookkeeping shared by both backends: bucket count, chunk layout, rotations, sort."""
-from __future__ import annotations
+"""The hash's parameters: the bucket count (docs/semantics.md §1) and the random rotations (§2).
 
-from typing import NamedTuple
+``num_buckets`` gives B for an image of L pixels, ``random_rotations`` draws the
+(d, n_hashes, B // 2) rotations, and ``resolve_rotations`` is what ``nlsa`` hashes with:
+the caller's rotations, checked, or fresh ones. The codes themselves are computed by each
+backend's ``lsh_hash`` (``functional.lsh_hash`` chooses one).
+"""
+from __future__ import annotations
 
 import torch
 
@@ -10,27 +14,8 @@ from ._validation import FLOAT_DTYPES, check_generator, check_positive_int, chec
 MAX_BUCKETS = 128
 
 
-class ChunkLayout(NamedTuple):
-    """How L sorted positions are cut into chunks (spec section 4).
-
-    chunk: effective chunk size (L itself when L <= chunk_size: one chunk, no padding).
-    padding: P, the number of copies of the last sorted positions appended.
-    n_chunks: (L + P) // chunk.
-    """
-
-    chunk: int
-    padding: int
-    n_chunks: int
-
-
-def chunk_layout(length: int, chunk_size: int) -> ChunkLayout:
-    chunk = min(chunk_size, length)
-    padding = (chunk - length % chunk) % chunk
-    return ChunkLayout(chunk, padding, (length + padding) // chunk)
-
-
 def num_buckets(length: int, chunk_size: int) -> int:
-    """Number of hash buckets B for L = ``length`` pixels (spec section 1).
+    """Number of hash buckets B for L = ``length`` pixels (docs/semantics.md §1).
 
     ``L // chunk_size`` rounded up to even, at most 128. NLSN breaks when L < chunk_size
     (B = 0); here L <= chunk_size means one chunk holding every position, where hashing
@@ -56,7 +41,8 @@ def random_rotations(
     """Standard-normal rotations of shape (d, n_hashes, n_buckets // 2) for spherical LSH.
 
     NLSN draws a fresh tensor on every forward; passing ``generator`` (or keeping the
-    returned tensor) makes a call reproducible. ``dtype`` defaults to float32.
+    returned tensor) makes a call reproducible (docs/semantics.md §2, §9.3). ``dtype``
+    defaults to float32.
     """
     d = check_positive_int(d, "d")
     n_hashes = check_positive_int(n_hashes, "n_hashes")
@@ -76,22 +62,6 @@ def random_rotations(
     )
 
 
-def bucket_sort(codes: torch.Tensor) -> torch.Tensor:
-    """Stable argsort of hash codes along the last axis: (N, n_hashes, L) -> perm, int64.
-
-    ``perm[n, r, p]`` is the pixel at sorted position p of round r. Equal codes keep
-    their original order, so the result is deterministic (NLSN's unstable sort gives one
-    of the orders this may give).
-    """
-    if not isinstance(codes, torch.Tensor):
-        raise TypeError(f"codes must be a torch.Tensor of shape (N, n_hashes, L), got {type(codes).__name__}")
-    if codes.dim() != 3:
-        raise ValueError(f"codes must have shape (N, n_hashes, L) (rank 3), got shape {tuple(codes.shape)}")
-    if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
-        raise TypeError(f"codes must be an integer tensor, got {codes.dtype}")
-    return torch.argsort(codes, dim=-1, stable=True)
-
-
 def resolve_rotations(
     x: torch.Tensor,
     n_hashes: int,
@@ -102,7 +72,7 @@ def resolve_rotations(
     """The rotations ``nlsa`` hashes x (N, L, d) with: the caller's, checked, or fresh ones.
 
     Fresh rotations are drawn in float32 (from ``generator`` when given), whatever x's
-    dtype, so that one seed gives one hash in every precision.
+    dtype, so that one seed gives one hash in every precision (docs/semantics.md §9.3).
     """
     n_hashes = check_positive_int(n_hashes, "n_hashes")
     chunk_size = check_positive_int(chunk_size, "chunk_size")

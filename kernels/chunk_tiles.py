@@ -103,3 +103,20 @@ def unmasked_steps(first_chunk, last_chunk, CHUNK, BLOCK_N: tl.constexpr):
     lo = tl.cdiv((last_chunk - first_chunk) * CHUNK, BLOCK_N)
     hi = tl.maximum(lo, (3 * CHUNK) // BLOCK_N)
     return lo, hi, total
+
+
+@triton.jit
+def load_key_step(XS_n, YS_n, INV_n, rows, key_end, offs_d, offs_c, BLOCK_D: tl.constexpr,
+                  PADDED_C: tl.constexpr, MASKED: tl.constexpr):
+    """Ring rows ``rows`` of x (keys), their key scales and their rows of y (values); a
+    masked step reads zeros past ``key_end``."""
+    if MASKED:
+        in_range = rows < key_end
+        k = tl.load(XS_n + rows[:, None] * BLOCK_D + offs_d[None, :], mask=in_range[:, None], other=0.0)
+        inv_norm = tl.load(INV_n + rows, mask=in_range, other=0.0)
+        v = tl.load(YS_n + rows[:, None] * PADDED_C + offs_c[None, :], mask=in_range[:, None], other=0.0)
+    else:
+        k = tl.load(XS_n + rows[:, None] * BLOCK_D + offs_d[None, :])
+        inv_norm = tl.load(INV_n + rows)
+        v = tl.load(YS_n + rows[:, None] * PADDED_C + offs_c[None, :])
+    return k, inv_norm, v

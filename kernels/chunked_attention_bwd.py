@@ -44,7 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk_tiles import (KEY_NORM_EPS, LOG2E, RingLayout, TileConfig, dot_precision,
+from .chunk_tiles import (KEY_NORM_EPS, LOG2E, RingLayout, TileConfig, dot_precision, load_key_step,
                           padded_width, row_tile, step_rows, unmasked_steps)
 from .stage_round import RingBuffers
 
@@ -54,15 +54,7 @@ def _dq_step(dq, q, do, lse2, delta, q_first_key, XS_n, YS_n, INV_n, e0, key_end
              BLOCK_D: tl.constexpr, PADDED_C: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Add one step of BLOCK_N key rows [e0, e0 + BLOCK_N) to the tile's dq."""
     rows = e0 + offs_n
-    if MASKED:
-        in_range = rows < key_end
-        k = tl.load(XS_n + rows[:, None] * BLOCK_D + offs_d[None, :], mask=in_range[:, None], other=0.0)
-        inv_norm = tl.load(INV_n + rows, mask=in_range, other=0.0)
-        v = tl.load(YS_n + rows[:, None] * PADDED_C + offs_c[None, :], mask=in_range[:, None], other=0.0)
-    else:
-        k = tl.load(XS_n + rows[:, None] * BLOCK_D + offs_d[None, :])
-        inv_norm = tl.load(INV_n + rows)
-        v = tl.load(YS_n + rows[:, None] * PADDED_C + offs_c[None, :])
+    k, inv_norm, v = load_key_step(XS_n, YS_n, INV_n, rows, key_end, offs_d, offs_c, BLOCK_D, PADDED_C, MASKED)
     # Scores exactly as the forward forms them, so that exp(s - lse) is its P.
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
     p = tl.exp2(s * (inv_norm * LOG2E)[None, :] - lse2[:, None])

@@ -30,8 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk_tiles import (LOG2E, RingLayout, TileConfig, dot_precision, padded_channels, padded_width, row_tile,
-                          step_rows, unmasked_steps)
+from .chunk_tiles import (LOG2E, RingLayout, TileConfig, dot_precision, load_key_step, padded_channels,
+                          padded_width, row_tile, step_rows, unmasked_steps)
 from .stage_round import RingBuffers
 
 
@@ -41,15 +41,7 @@ def _attend_step(acc, row_sum, q, m2, q_first_key, XS_n, YS_n, INV_n, e0, key_en
                  EXACT_NONFINITE: tl.constexpr, first_chunk, last_chunk, DOT_PRECISION: tl.constexpr):
     """Add one step of BLOCK_N key rows [e0, e0 + BLOCK_N) to the tile's sums."""
     rows = e0 + offs_n
-    if MASKED:
-        in_range = rows < key_end
-        k = tl.load(XS_n + rows[:, None] * BLOCK_D + offs_d[None, :], mask=in_range[:, None], other=0.0)
-        inv_norm = tl.load(INV_n + rows, mask=in_range, other=0.0)
-        v = tl.load(YS_n + rows[:, None] * PADDED_C + offs_c[None, :], mask=in_range[:, None], other=0.0)
-    else:
-        k = tl.load(XS_n + rows[:, None] * BLOCK_D + offs_d[None, :])
-        inv_norm = tl.load(INV_n + rows)
-        v = tl.load(YS_n + rows[:, None] * PADDED_C + offs_c[None, :])
+    k, inv_norm, v = load_key_step(XS_n, YS_n, INV_n, rows, key_end, offs_d, offs_c, BLOCK_D, PADDED_C, MASKED)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
     p = tl.exp2(s * (inv_norm * LOG2E)[None, :] - m2[:, None])
     if MASKED:
@@ -179,8 +171,8 @@ def forward_tiles(chunk: int, d: int, c: int, dtype: torch.dtype) -> TileConfig:
     """Tiles of the forward for one problem.
 
     64 query rows per tile. Half precision: all of c up to 256 in one channel tile (no
-    scores recomputed), 64-row steps on the tensor cores, one warpgroup while the
-    accumulator is narrow, else two. fp32 products run on the FMA units, which hold their
+    scores recomputed), 64-row steps on the tensor cores (32 for a 256-channel tile),
+    one warpgroup while the accumulator is narrow, else two. fp32 products run on the FMA units, which hold their
     operands replicated in registers: channel tiles of at most 128, 8 warps, and 32-row
     steps for the widest accumulator, so that nothing spills.
     """
@@ -192,6 +184,7 @@ def forward_tiles(chunk: int, d: int, c: int, dtype: torch.dtype) -> TileConfig:
     else:
         block_c = min(256, max(16, triton.next_power_of_2(c)))
         num_warps = 4 if block_c <= 64 else 8
+        block_n = min(block_n, 32) if block_c > 128 else block_n
     return TileConfig(block_m=row_tile(chunk), block_n=block_n, block_d=padded_width(d), block_c=block_c,
                       padded_c=padded_channels(c, block_c), num_warps=num_warps)
 
@@ -224,7 +217,7 @@ def chunked_attention_fwd(x, y, perm, chunk: int, padding: int, n_chunks: int, k
     grid = (triton.cdiv(length, tiles.block_m), n, tiles.channel_tiles)
     for r in range(rounds):
         ring.stage(x, y, perm, r)
-        # The exact launch holds a second product's operands: half the step rows.
+        # The exact launch holds a second product's operands: 16-row steps.
         for exact in (False, True):
             _chunked_attention_fwd_kernel[grid](
                 XS=ring.xs, YS=ring.ys, INV_NORM=ring.inv_norm, Y_NONFINITE=ring.y_nonfinite, PERM=perm,
@@ -235,7 +228,7 @@ def chunked_attention_fwd(x, y, perm, chunk: int, padding: int, n_chunks: int, k
                 round_index=r, is_first_round=int(r == 0), is_last_round=int(r == rounds - 1),
                 store_fp32_out=int(keep_fp32_out and acc is not out),
                 length=length, ring_rows=layout.rows, c=c, CHUNK=chunk,
-                BLOCK_M=tiles.block_m, BLOCK_N=max(16, tiles.block_n // 2) if exact else tiles.block_n,
+                BLOCK_M=tiles.block_m, BLOCK_N=16 if exact else tiles.block_n,
                 BLOCK_D=tiles.block_d, BLOCK_C=tiles.block_c,
                 PADDED_C=tiles.padded_c, DOT_PRECISION=dot_precision(x.dtype), EXACT_NONFINITE=exact,
                 **tiles.options(),

@@ -75,17 +75,3 @@ def lsh_hash_triton(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
 def num_warps(half: int) -> int:
     """8 warps hold the (BLOCK_L, 64) projections of 128 buckets (fp64 too) without spills."""
     return 8 if half > 32 else 4
-
-
-def compile_targets():
-    """(kernel, label, arguments, options, is_default) for every configuration the launcher can pick."""
-    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-        for half in (1, 2, 3, 64):
-            acc = tl.float64 if dtype == torch.float64 else tl.float32
-            args = dict(
-                X=dtype, ROT=torch.float32, CODES=torch.int64,
-                **{name: "i32" for name in ("stride_xn", "stride_xl", "stride_rd", "stride_rr", "stride_cn",
-                                            "stride_cr", "length", "d", "half")},
-                BLOCK_L=BLOCK_L, BLOCK_H=triton.next_power_of_2(half), ACC_DTYPE=acc,
-            )
-            yield _lsh_hash_kernel, f"{dtype} half={half}", args, {"num_warps": num_warps(half)}, half == 64

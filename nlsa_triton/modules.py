@@ -1,45 +1,19 @@
-"""Drop-in replacements for NLSN's attention modules (same parameter names)."""
+"""The NLSA block, a drop-in for NLSN's ``NonLocalSparseAttention`` (docs/semantics.md §7.1).
+
+The last step of the data path: two convolutions make x and y from the feature map, and
+``functional.nlsa`` (hash, sort, chunked attention) attends. NLSN's full-attention
+baseline is ``nlsa_triton.baselines.NonLocalAttention``.
+"""
 from __future__ import annotations
 
-import numbers
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import _validation as v
-from ._backend import autocast_dtype, check_backend
+from ._backend import check_backend
+# forward() names the feature-map check by this private name.
+from ._validation import check_feature_map as _check_feature_map
 from .functional import nlsa
-
-
-def _check_feature_map(input, channels: int, module: nn.Module) -> None:
-    """input: (N, C, H, W) float with C = channels, on the parameters' device, in their dtype
-    (or any float dtype under autocast)."""
-    v.check_float_tensor(input, "input", 4, "(N, C, H, W)")
-    if input.shape[1] != channels:
-        raise ValueError(
-            f"input must have {channels} channels (N, C, H, W), got shape {tuple(input.shape)}"
-        )
-    weight = next(module.parameters())
-    v.check_same_device(input=input, parameters=weight)
-    if input.dtype != weight.dtype and autocast_dtype(input.device.type) is None:
-        raise TypeError(
-            f"input must have the parameters' dtype {weight.dtype} (or run under torch.autocast), "
-            f"got {input.dtype}; convert one with .to()"
-        )
-
-
-def _check_res_scale(res_scale) -> float:
-    if isinstance(res_scale, bool) or not isinstance(res_scale, numbers.Real):
-        raise TypeError(f"res_scale must be a real number, got {type(res_scale).__name__} {res_scale!r}")
-    return res_scale
-
-
-def _check_channels(channels: int, reduction: int, name: str = "channels") -> None:
-    v.check_positive_int(channels, name)
-    v.check_positive_int(reduction, "reduction")
-    if channels % reduction:
-        raise ValueError(f"{name} ({channels}) must be divisible by reduction ({reduction})")
 
 
 class NonLocalSparseAttention(nn.Module):
@@ -65,7 +39,7 @@ class NonLocalSparseAttention(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        _check_channels(channels, reduction)
+        v.check_channels(channels, reduction)
         self.n_hashes = v.check_positive_int(n_hashes, "n_hashes")
         self.chunk_size = v.check_positive_int(chunk_size, "chunk_size")
         k_size = v.check_positive_int(k_size, "k_size")
@@ -74,7 +48,7 @@ class NonLocalSparseAttention(nn.Module):
                 f"k_size must be odd (conv_match pads by k_size // 2 to keep H x W), got {k_size}"
             )
         self.channels, self.reduction, self.k_size = channels, reduction, k_size
-        self.res_scale = _check_res_scale(res_scale)
+        self.res_scale = v.check_res_scale(res_scale)
         self.backend = check_backend(backend)
         self.conv_match = nn.Sequential(
             nn.Conv2d(channels, channels // reduction, k_size, padding=k_size // 2)
@@ -89,13 +63,22 @@ class NonLocalSparseAttention(nn.Module):
     ) -> torch.Tensor:
         _check_feature_map(input, self.channels, self)
         n, c, h, w = input.shape
+        # Views of the maps, not contiguous copies: the torch backend's key norms reduce
+        # over x's strides, so a copy would change their last bits.
         x = self.conv_match(input).flatten(2).transpose(1, 2)
         y = self.conv_assembly(input).flatten(2).transpose(1, 2)
         out = nlsa(
             x, y, n_hashes=self.n_hashes, chunk_size=self.chunk_size,
             rotations=rotations, generator=generator, backend=self.backend,
         )
-        return out.transpose(1, 2).reshape(n, c, h, w) * self.res_scale + input
+        del x, y  # free before the residual step, not after it
+        out = out.transpose(1, 2).reshape(n, c, h, w)
+        if out.requires_grad or torch.promote_types(out.dtype, input.dtype) != out.dtype:
+            return out * self.res_scale + input
+        # No autograd graph to keep, and the result has out's dtype: the same two roundings
+        # (times res_scale, plus input) in place in nlsa's fresh output, which is returned
+        # in the layout the out-of-place expression gives (channels-last strides).
+        return out.mul_(self.res_scale).add_(input)
 
     def extra_repr(self) -> str:
         return (
@@ -103,37 +86,3 @@ class NonLocalSparseAttention(nn.Module):
             f"reduction={self.reduction}, k_size={self.k_size}, res_scale={self.res_scale}, "
             f"backend={self.backend!r}"
         )
-
-
-def _conv1x1_prelu(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 1), nn.PReLU())
-
-
-class NonLocalAttention(nn.Module):
-    """NLSN's full non-local attention baseline: ``softmax(theta phi^T) g + res_scale * input``.
-
-    theta, phi: 1x1 conv + PReLU to C // reduction; g: 1x1 conv + PReLU to C; no
-    1/sqrt(d) scale. Computed through ``scaled_dot_product_attention`` (scale 1), so the
-    (L, L) score matrix is materialised only where torch has no fused kernel.
-    Parameter names are NLSN's (``conv_match1.*``, ``conv_match2.*``, ``conv_assembly.*``).
-    """
-
-    def __init__(self, channel: int = 128, reduction: int = 2, res_scale: float = 1):
-        super().__init__()
-        _check_channels(channel, reduction, "channel")
-        self.channel, self.reduction, self.res_scale = channel, reduction, _check_res_scale(res_scale)
-        self.conv_match1 = _conv1x1_prelu(channel, channel // reduction)
-        self.conv_match2 = _conv1x1_prelu(channel, channel // reduction)
-        self.conv_assembly = _conv1x1_prelu(channel, channel)
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        _check_feature_map(input, self.channel, self)
-        n, c, h, w = input.shape
-        theta = self.conv_match1(input).flatten(2).transpose(1, 2)
-        phi = self.conv_match2(input).flatten(2).transpose(1, 2)
-        g = self.conv_assembly(input).flatten(2).transpose(1, 2)
-        out = F.scaled_dot_product_attention(theta, phi, g, scale=1.0)
-        return out.transpose(1, 2).reshape(n, c, h, w) + self.res_scale * input
-
-    def extra_repr(self) -> str:
-        return f"channel={self.channel}, reduction={self.reduction}, res_scale={self.res_scale}"

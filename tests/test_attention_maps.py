@@ -1,4 +1,4 @@
-"""attention_maps: per-round and combined NLSA weights for one query (the seed's Figure 1)."""
+"""attention_maps: per-round and combined NLSA weights for one query (Figure 1 of the NLSN supplementary material)."""
 
 import numpy as np
 import pytest

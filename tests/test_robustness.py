@@ -16,7 +16,7 @@ BACKENDS = ["torch", "triton", "reference"]
 
 def sees(perm: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """(N, L, L) bool: [n, i, j] is True when pixel j is among query i's candidates in any round
-    (spec section 4: the query's chunk and its two neighbours, wrapping, padding copies the tail)."""
+    (docs/semantics.md §4.2: the query's chunk and its two neighbours, wrapping, padding copies the tail)."""
     perm = perm.cpu().long()
     n, rounds, length = perm.shape
     chunk, padding, n_chunks = chunk_layout(length, chunk_size)

@@ -1,8 +1,9 @@
 """Networks built on nlsa_triton's attention: ``NLSN``, the Non-Local Sparse Network.
 
-``nlsn.py`` is the network, ``edsr.py`` the EDSR blocks it is built from, ``checkpoint.py``
-reads checkpoints (wrapped, prefixed, ``.safetensors``) and their configuration, and
-``flops.py`` counts a forward pass's FLOPs.
+``nlsn.py`` is the network, ``edsr.py`` the EDSR blocks it is built from, ``strips.py`` runs
+their tail a strip of rows at a time at inference on the CPU (the same bits, a fraction of
+the memory), ``checkpoint.py`` reads checkpoints (wrapped, prefixed, ``.safetensors``) and
+their configuration, and ``flops.py`` counts a forward pass's FLOPs.
 """
 from .nlsn import NLSN
 

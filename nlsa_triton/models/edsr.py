@@ -62,7 +62,12 @@ class ResBlock(nn.Module):
         self.res_scale = res_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x).mul(self.res_scale) + x
+        out = self.body(x)
+        if out.requires_grad or torch.promote_types(out.dtype, x.dtype) != out.dtype:
+            return out.mul(self.res_scale) + x
+        # No autograd graph (inference): the same two roundings in place, in body's fresh
+        # output, sparing two maps' allocations.
+        return out.mul_(self.res_scale).add_(x)
 
 
 class Upsampler(nn.Sequential):

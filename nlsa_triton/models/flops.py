@@ -10,7 +10,8 @@ from __future__ import annotations
 from torch import nn
 
 from .. import _validation as v
-from ..buckets import chunk_layout, num_buckets
+from ..chunks import chunk_layout
+from ..hashing import num_buckets
 from ..modules import NonLocalSparseAttention
 from .edsr import ResBlock
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for a lent H100/H200 (torch and triton preinstalled, no package registry):
-# install the project, run the test suite compiled, the sweep and the NLSN benchmark, and
+# install the project, run the kernels' tests compiled, the sweep and the NLSN benchmark, and
 # leave CSV, plots and logs in one folder. Fits in about 8 minutes; each step has its own
 # time limit and a failed step does not stop the next.
 #   bash bench/gpu_check.sh OUT_DIR
@@ -26,7 +26,11 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to OUT/NAME
     >"$out/gpu.txt" 2>&1
 cat "$out/gpu.txt"
 step install 120 pip install --no-deps --no-build-isolation -e .
-step pytest 200 python -m pytest -q -x -p no:cacheprovider
+# The GPU-relevant tests first (compiled kernels against the reference, flex on CUDA, DDP
+# with the Triton backend); the CPU-only compile/density/race checks skip themselves here.
+step pytest 200 python -m pytest -q -p no:cacheprovider tests/test_forward.py tests/test_backward.py \
+    tests/test_robustness.py tests/test_determinism.py tests/test_flex.py tests/test_torch_compile.py \
+    tests/test_distributed.py
 step sweep 230 python bench/sweep.py --sizes 150,300,600,2048 \
     --providers nlsa_triton,nlsa_torch,nlsa_reference,nla_sdpa,nlsa_flex --n-hashes 4 --channels 64,256 \
     --dtype fp32,bf16 --modes fwd,fwd_bwd --time-budget 200 --out "$out"

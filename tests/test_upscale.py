@@ -451,7 +451,24 @@ def test_checkpoint_not_nlsn(files, capsys):
     junk = files["tmp"] / "junk.pt"
     junk.write_bytes(b"\x00garbage" * 10)
     code, err = _run([files["png"], files["out"], "--weights", junk], capsys)
-    assert code == 1 and "cannot load" in err and "PyTorch checkpoint" in err
+    assert code == 1 and f"{junk} is not a checkpoint: it is a file of another kind" in err
+    # What a file is instead, by its first bytes (a WebP image made torch.load raise IndexError).
+    for name, kind in [("w.webp", "a WebP image"), ("i.png", "a PNG image"), ("t.pt", "a text file"),
+                       ("e.pth", "an empty file")]:
+        path = files["tmp"] / name
+        if kind.endswith("image"):
+            Image.new("RGB", (4, 4)).save(path)
+        else:
+            path.write_text("" if kind == "an empty file" else "weights: see the README\n")
+        code, err = _run([files["png"], files["out"], "--weights", path], capsys)
+        assert code == 1 and f"error: --weights: {path} is not a checkpoint: it is {kind}" in err, err
+        assert "Traceback" not in err
+    # The format is told by content: a safetensors file named .pt loads.
+    from safetensors.torch import save_file
+
+    renamed = files["tmp"] / "st.pt"
+    save_file(torch.load(files["weights"]), renamed)
+    assert _run([files["png"], files["out"], "--weights", renamed, *TORCH], capsys)[0] == 0
 
 
 def test_scale_mismatch(files, capsys):

@@ -43,6 +43,7 @@ try:
         ImageModelDescriptor,
         ModelTiling,
         StateDict,
+        UnsupportedModelError,
     )
 except ImportError as e:
     raise ImportError(
@@ -52,11 +53,13 @@ except ImportError as e:
     ) from e
 
 from ..models import NLSN
-from ..models.checkpoint import is_nlsn_state_dict
+from ..models.checkpoint import is_edsr_layout, is_nlsn_state_dict
 
-__all__ = ["ARCH_ID", "NLSNArch", "register"]
+__all__ = ["ARCH_ID", "NLSNArch", "EDSRWithoutNLSA", "register"]
 
 ARCH_ID = "NLSN"
+#: The id of the entry that explains an EDSR checkpoint instead of spandrel's bare error.
+EDSR_ID = "NLSN:EDSR-without-NLSA"
 
 
 class NLSNArch(Architecture[NLSN]):
@@ -83,6 +86,25 @@ class NLSNArch(Architecture[NLSN]):
         )
 
 
+class EDSRWithoutNLSA(Architecture[NLSN]):
+    """Not a model: an entry, after every other, that recognises EDSR's layout (NLSN's head,
+    residual blocks, tail and mean shifts) without an NLSA block, and refuses it with a
+    message. Without it spandrel, which has no EDSR, raises UnsupportedModelError with an
+    empty message; an architecture that does load such a file (a later spandrel's EDSR)
+    comes earlier in the registry and takes it first."""
+
+    def __init__(self) -> None:
+        super().__init__(id=EDSR_ID, name="EDSR (not NLSN)",
+                         detect=lambda sd: is_edsr_layout(sd) and not is_nlsn_state_dict(sd))
+
+    def load(self, state_dict: StateDict) -> ImageModelDescriptor[NLSN]:
+        raise UnsupportedModelError(
+            "this is an EDSR checkpoint (head, residual blocks, upsampler tail, mean shifts) without an "
+            "NLSA block, so not NLSN (whose body opens with one: body.0.conv_match.0.weight); "
+            "spandrel has no EDSR architecture to load it"
+        )
+
+
 def _call(model: NLSN, image: torch.Tensor) -> torch.Tensor:
     """spandrel's images are in [0, 1]; NLSN's in [0, rgb_range] (1 for the authors' models)."""
     if model.rgb_range == 1:
@@ -94,9 +116,14 @@ def register(registry: ArchRegistry = MAIN_REGISTRY) -> ArchSupport:
     """Add NLSN to ``registry`` (by default spandrel's main registry, which every
     ``ModelLoader()`` without a registry of its own uses) and return its entry.
 
+    Also added, last: ``EDSRWithoutNLSA``, which turns spandrel's empty
+    UnsupportedModelError for an EDSR checkpoint into one that says what the file is.
+
     Calling it again changes nothing; if the registry already knows an architecture with
     the id "NLSN" (a later spandrel may ship one), that one is kept and returned.
     """
+    if registry.get(EDSR_ID) is None:
+        registry.add(ArchSupport.from_architecture(EDSRWithoutNLSA()))
     known = registry.get(ARCH_ID)
     if known is not None:
         return known

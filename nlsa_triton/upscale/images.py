@@ -125,7 +125,7 @@ def _read_16_bit_colour(path: Path, image_format: str) -> Picture:
     return _picture(array, gray=False, alpha=array.shape[-1] == 4, bits=16)
 
 
-def read_image(path: Path) -> Picture:
+def read_image(path: str | os.PathLike) -> Picture:
     """An image file as a ``Picture``.
 
     A JPEG's (or any file's) EXIF orientation is applied first, so a photo comes out the
@@ -133,6 +133,7 @@ def read_image(path: Path) -> Picture:
     at 16 bits (without EXIF orientation, which such PNG and TIFF files rarely carry).
     """
     Image, ImageOps, UnidentifiedImageError = require_pillow()
+    path = Path(path)
     try:
         with Image.open(path) as img:
             image_format = img.format
@@ -173,7 +174,7 @@ def output_pixels(picture: Picture, rgb: torch.Tensor, rgb_range: float, height:
     return pixels.permute(1, 2, 0).cpu().numpy().astype(np.uint16 if picture.bits == 16 else np.uint8)
 
 
-def write_image(pixels: np.ndarray, path: Path) -> list[str]:
+def write_image(pixels: np.ndarray, path: str | os.PathLike) -> list[str]:
     """(H, W, C) uint8 or uint16 pixels (C: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA) -> a file in
     the format of ``path``'s extension. Returns what the format could not hold ("alpha",
     "16 bits"), which was dropped.
@@ -182,6 +183,7 @@ def write_image(pixels: np.ndarray, path: Path) -> list[str]:
     an interrupted run never leaves a half-written image under the output's name.
     """
     Image, _, _ = require_pillow()
+    path = Path(path)
     image_format = IMAGE_FORMATS.get(path.suffix.lower(), "PNG")
     dropped = []
     channels = pixels.shape[-1]

@@ -103,14 +103,13 @@ def test_marked_bash_blocks_run(page, block, tmp_path):
 
 
 def test_the_convention_is_followed():
-    """Every page has blocks the test sees, no python block hides behind a bare marker, and
-    the README's quick start is run (not marked away)."""
+    """The README's quick start is run (not marked away) and chooses the device once; no
+    block that runs calls .cuda() or makes a CUDA generator, which a CPU machine cannot."""
     readme = blocks(ROOT / "README.md")
     assert readme[1]["language"] == "python" and readme[1]["marker"] is None
     assert "device = \"cuda\" if torch.cuda.is_available() else \"cpu\"" in readme[1]["code"]
     for page in PAGES:
         for block in blocks(page):
-            assert block["language"] in ("python", "bash", "text", "markdown", ""), f"{page.name}:{block['line']}"
             if block["language"] == "python" and block["marker"] is None:
                 assert ".cuda()" not in block["code"] and 'Generator("cuda")' not in block["code"], (
                     f"{page.name}:{block['line']}: a CPU machine cannot run this; choose the device once")

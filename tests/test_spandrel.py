@@ -182,3 +182,10 @@ def test_declared_half_precision_support_holds(dtype, levels, rgb_range):
     out = half(image.to(dtype))
     assert out.dtype == dtype and torch.isfinite(out).all()
     assert (out.float() - full).abs().max().item() * 255 <= levels
+
+
+def test_a_missing_spandrel_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "spandrel", None)  # `from spandrel import ...` raises ImportError
+    monkeypatch.delitem(sys.modules, "nlsa_triton.integrations.spandrel")
+    with pytest.raises(ImportError, match=r"needs spandrel.*docs/spandrel.md gives the install commands"):
+        import nlsa_triton.integrations.spandrel  # noqa: F401

@@ -312,6 +312,8 @@ def folder(tmp_path):
 
 def test_folder_run_goes_past_an_unreadable_image(folder, tmp_path, capsys):
     weights = _checkpoint(tmp_path / "w.pt")
+    (folder / "sub").mkdir()  # not read, but counted
+    _image(folder / "sub" / "e.png")
     out = tmp_path / "sr"  # created by the run
     code, err = _run(["-i", folder, "-o", out, "--weights", weights, *TORCH, "--seed", 0], capsys)
     assert code == 1
@@ -320,9 +322,9 @@ def test_folder_run_goes_past_an_unreadable_image(folder, tmp_path, capsys):
         assert _read(out / name)[:2] == (fmt, "RGB") and _read(out / name)[2].shape == (2 * LR_H, 2 * LR_W, 3)
     assert f"error: cannot read {folder / 'broken.png'} as an image" in err
     summary = [line for line in err.splitlines() if " files in " in line]
-    assert len(summary) == 1 and summary[0].startswith("6 files in ")
-    assert summary[0].endswith(
-        f"s: 4 upscaled, 1 skipped (not an image extension: notes.txt), 1 failed ({folder / 'broken.png'})")
+    assert len(summary) == 1 and summary[0].startswith("7 files in ")
+    assert summary[0].endswith(f"s: 4 upscaled, 2 skipped (not an image extension: notes.txt; a subfolder: sub), "
+                               f"1 failed ({folder / 'broken.png'})")
 
 
 def test_skip_existing_resumes_a_folder_run(folder, tmp_path, capsys):

@@ -45,11 +45,12 @@ try:
         StateDict,
         UnsupportedModelError,
     )
-except ImportError as e:
+except (ImportError, RuntimeError) as e:  # RuntimeError: a torchvision built for another torch
     raise ImportError(
-        "nlsa_triton.integrations.spandrel needs spandrel: pip install 'nlsa-triton[spandrel]' "
-        "together with your torch pinned (e.g. torch==2.13.0), so that pip picks the torchvision "
-        "built for it instead of replacing torch"
+        f"nlsa_triton.integrations.spandrel needs spandrel, which could not be imported ({e}). spandrel "
+        f"imports torchvision, which must be the build made for your torch ({torch.__version__}); "
+        "docs/spandrel.md gives the install commands for CPU machines (PyTorch's CPU index, "
+        "--index-url https://download.pytorch.org/whl/cpu) and CUDA machines"
     ) from e
 
 from ..models import NLSN

@@ -536,7 +536,7 @@ def _info(path):
 
 
 def test_a_folder_keeps_each_image_as_it_was(tmp_path, capsys):
-    """16-bit gray PNG, 16-bit RGBA PNG, gray JPEG, RGBA PNG, 16-bit RGB TIFF and 8-bit TIFF:
+    """16-bit gray PNG and TIFF, 16-bit RGBA PNG, gray JPEG, RGBA PNG, 16-bit RGB TIFF, 8-bit TIFF:
     each comes back upscaled x2 with its format, gray or colour, alpha and bit depth."""
     import png
     import tifffile
@@ -546,6 +546,7 @@ def test_a_folder_keeps_each_image_as_it_was(tmp_path, capsys):
     lr.mkdir()
     gray16 = rng.integers(20000, 40000, (LR_H, LR_W), dtype=np.uint16)  # mid-gray: not near white
     Image.fromarray(gray16).save(lr / "gray16.png")
+    Image.fromarray(gray16).save(lr / "gray16.tif")
     png.Writer(LR_W, LR_H, greyscale=False, alpha=True, bitdepth=16).write(
         open(lr / "rgba16.png", "wb"), rng.integers(0, 65536, (LR_H, LR_W * 4), dtype=np.uint16))
     _image(lr / "gray.jpg", mode="L", fmt="JPEG")
@@ -557,13 +558,13 @@ def test_a_folder_keeps_each_image_as_it_was(tmp_path, capsys):
     code, out, err = _run_streams(["-i", lr, "-o", tmp_path / "sr", "--weights", weights, *TORCH, "--seed", 0],
                                   capsys)
     assert code == 0, err
-    assert out.strip().splitlines()[-1].endswith("s: 6 upscaled, 0 skipped, 0 failed")
+    assert out.strip().splitlines()[-1].endswith("s: 7 upscaled, 0 skipped, 0 failed")
     for name, (fmt, mode, bits, channels, (h, w)) in before.items():
         stem, ext = name.split(".")
         assert _info(tmp_path / "sr" / f"{stem}_out.{ext}") == (fmt, mode, bits, channels, (2 * h, 2 * w)), name
     # The inputs are what they are meant to be (format, bits, channels), so the loop checked each kind.
     assert {name: info[:1] + info[2:4] for name, info in before.items()} == {
-        "gray16.png": ("PNG", 16, 1), "rgba16.png": ("PNG", 16, 4), "gray.jpg": ("JPEG", 8, 1),
+        "gray16.png": ("PNG", 16, 1), "gray16.tif": ("TIFF", 16, 1), "rgba16.png": ("PNG", 16, 4), "gray.jpg": ("JPEG", 8, 1),
         "rgba.png": ("PNG", 8, 4), "rgb16.tif": ("TIFF", 16, 3), "rgb.tiff": ("TIFF", 8, 3)}
     assert "gray16.png (11x9, gray 16-bit)" in out and "rgba.png (11x9, RGBA 8-bit)" in out
 

@@ -314,13 +314,17 @@ def parser(prog: str, description: str, providers, sizes_default: str) -> argpar
     p.add_argument("--threads", type=int, help=f"CPU: torch threads per measurement (default "
                    f"{DEFAULT_CPU_THREADS}, so that times repeat on a shared machine; unused on GPU)")
     p.add_argument("--seed", type=int, default=0, help="inputs, weights and rotations (default 0)")
-    p.add_argument("--out", help="output folder; default bench/results/<device-slug>/")
+    p.add_argument("--out", help="output folder; default a new bench/results/<device-slug>-<UTC time>/")
+    p.add_argument("--replace-committed", action="store_true",
+                   help="write into bench/results/<device-slug>/, replacing the committed results there")
     return p
 
 
 def parse(p: argparse.ArgumentParser, argv, choices: dict) -> argparse.Namespace:
     """Parse, check list arguments against choices, resolve device and threads."""
     args = p.parse_args(argv)
+    if args.out and args.replace_committed:
+        p.error("--out and --replace-committed name two different folders; give one")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
     for name, allowed in choices.items():

@@ -102,14 +102,14 @@ def setup(cfg: Config, device: str, seed: int, **network):
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    out_dir = results_dir(args.out, args.device)
+    columns = meta(args.device, args.threads)  # git status first, before anything is written
+    out_dir = results_dir(args.out, args.device, args.replace_committed)
     start = time.monotonic()
     stem = f"nlsn_x{args.scale}_f{args.n_feats}_r{args.n_resblocks}"
     network = dict(scale=args.scale, n_resblocks=args.n_resblocks, res_scale=args.res_scale)
     configs = [Config(p, "fwd", h, w, args.n_feats, args.n_hashes, args.chunk_size, args.dtype, args.batch)
                for p in args.providers for h, w in args.sizes]
     model = build_model("cpu", args.seed, cfg=configs[0], **network)  # for the counts, never run
-    columns = meta(args.device, args.threads)
     info = dict(
         network=dict(network, n_feats=args.n_feats, n_hashes=args.n_hashes, chunk_size=args.chunk_size,
                      reduction=4, rgb_range=1),

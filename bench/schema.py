@@ -11,6 +11,7 @@ import os
 import platform
 import re
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ METRICS = ("time_ms", "peak_mem_mb")  # nlsn_*.csv adds "gflops"
 # backward not implemented, predicted too slow, time budget spent); error: anything else;
 # not_measured: fine, but this metric cannot be measured here (no /proc). The log says why.
 STATUSES = ("ok", "oom", "skipped", "error", "not_measured")
-MB = 2 ** 20  # "MB" in the CSV, the plots and the tables is MiB, as torch reports memory
+MB = 2 ** 20  # memory is in MiB, as torch reports it (the CSV's metric keeps its name, peak_mem_mb)
 INT_COLUMNS = ("height", "width", "batch", "channels", "n_hashes", "chunk_size")
 VALUE_COLUMNS = ("median", "p20", "p80")
 
@@ -89,7 +90,7 @@ class Measurement:
         return " | ".join(parts) + (f"  ({self.reason})" if self.reason else "")
 
 
-UNITS = {"time_ms": ("time", " ms"), "peak_mem_mb": ("mem", " MB"), "gflops": ("", " GFLOPs")}  # progress lines
+UNITS = {"time_ms": ("time", " ms"), "peak_mem_mb": ("mem", " MiB"), "gflops": ("", " GFLOPs")}  # progress lines
 
 
 # ---------------------------------------------------------------------------- meta columns
@@ -138,10 +139,21 @@ def describe(columns: dict) -> str:
             f"commit {columns['commit'] or '-'}")
 
 
-def results_dir(out: str | None, device: str) -> Path:
-    """--out, or bench/results/<device-slug>/ ('cpu', 'nvidia-h100-80gb-hbm3'); created."""
-    slug = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-") if device == "cuda" else "cpu"
-    path = Path(out) if out else BENCH_DIR / "results" / slug
+def device_slug(device: str) -> str:
+    """'cpu', or the GPU's name as a folder name ('nvidia-h100-80gb-hbm3')."""
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-") if device == "cuda" else "cpu"
+
+
+def results_dir(out: str | None, device: str, replace_committed: bool = False) -> Path:
+    """Where a run writes, created: --out; with ``replace_committed``, the committed
+    bench/results/<device-slug>/; by default a new bench/results/<device-slug>-<UTC time>/
+    (git-ignored), so that a plain run never overwrites the committed results."""
+    if out:
+        path = Path(out)
+    elif replace_committed:
+        path = BENCH_DIR / "results" / device_slug(device)
+    else:
+        path = BENCH_DIR / "results" / f"{device_slug(device)}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

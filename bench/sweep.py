@@ -5,8 +5,9 @@ FlexAttention) against full non-local attention and criss-cross attention.
     python bench/sweep.py --quick         # a tiny smoke run
     python bench/sweep.py --sizes 100,150 --providers nla_torch,nlsa_torch --n-hashes 4 --modes fwd --out /tmp/b
 
-Writes into --out (default bench/results/<device-slug>/) sweep.csv, sweep.log, table.md
-and the plots. Flags, defaults and what is measured: bench/README.md; the providers:
+Writes sweep.csv, sweep.log, table.md and the plots into --out; by default a new folder,
+bench/results/<device-slug>-<UTC time>/ (git-ignored); --replace-committed writes into
+bench/results/<device-slug>/, the committed results. Flags, defaults and what is measured: bench/README.md; the providers:
 providers.py; the measurement: harness.py.
 """
 from __future__ import annotations
@@ -99,8 +100,9 @@ def predicted_ms(cfg: Config, done: list) -> float | None:
     return prev[1].metrics["time_ms"].median * (cfg.pixels / prev[0].pixels) ** TIME_EXPONENT[cfg.provider]
 
 
-def run_sweep(args, out_dir: Path, say) -> Counter:
-    columns = meta(args.device, args.threads)
+def run_sweep(args, out_dir: Path, say, columns: dict) -> Counter:
+    """Measure every configuration into out_dir/sweep.csv; ``columns``: the meta columns,
+    taken before anything was written (a tracked file rewritten would make the tree dirty)."""
     configs = plan(args)
     say(describe(columns))
     say(f"# {len(configs)} configurations: providers {','.join(args.providers)}; sizes "
@@ -138,7 +140,8 @@ def run_sweep(args, out_dir: Path, say) -> Counter:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    out_dir = results_dir(args.out, args.device)
+    columns = meta(args.device, args.threads)  # git status first, before sweep.log is truncated
+    out_dir = results_dir(args.out, args.device, args.replace_committed)
     start = time.monotonic()
     with open(out_dir / "sweep.log", "w") as log:
         def say(line: str) -> None:
@@ -146,10 +149,10 @@ def main(argv=None) -> int:
             log.write(line + "\n")
             log.flush()
 
-        counts = run_sweep(args, out_dir, say)
+        counts = run_sweep(args, out_dir, say, columns)
         from table import write_table2
 
-        written = [out_dir / "sweep.csv", write_table2(out_dir)]
+        written = [out_dir / "sweep.log", out_dir / "sweep.csv", write_table2(out_dir)]
         if not args.no_plots:
             try:
                 from plots import draw
@@ -162,7 +165,7 @@ def main(argv=None) -> int:
                 for n in notes:
                     say(f"# note: {n}")
         say(f"# rows by status: {dict(sorted(counts.items()))}; {time.monotonic() - start:.1f} s")
-        say(f"# wrote {len(written)} files into {out_dir}: " + ", ".join(p.name for p in written) + ", sweep.log")
+        say(f"# wrote {len(written)} files into {out_dir}: " + ", ".join(p.name for p in written))
     return 0
 
 

@@ -3,7 +3,8 @@
     python bench/table.py DIR   # DIR/sweep.csv -> DIR/table.md; DIR/nlsn_*.csv (+ .json) -> DIR/nlsn_*.md
 
 table.md, Table 2's layout: rows NLA, NLSA-r1, r2, r4, r8; columns 100x100 and 150x150, time
-(ms) and memory (MB), at channels 64 (x: d 16, y: c 64; NLA theta/phi 32, g 64), batch 1,
+(ms) and memory, ours (MiB) and then the paper's (RTX 2070, MB as it gives them) in columns of
+their own, at channels 64 (x: d 16, y: c 64; NLA theta/phi 32, g 64), batch 1,
 chunk 144, float32, forward. NLA is nla_torch (NLSN's materialised softmax); the NLSA rows
 come from the fastest NLSA path measured (nlsa_triton, else nlsa_torch, else
 nlsa_reference; the row says which); the other providers are listed below.
@@ -64,42 +65,43 @@ def _has_ok(index, provider, n_hashes) -> bool:
 
 
 def _line(label, source, index, provider, n_hashes, paper=None) -> str:
+    """A row: label, provider, our time and memory per size, then the paper's (when given)."""
     cells = []
     for size in SIZES:
-        t = index.get((provider, "time_ms", size, size, n_hashes))
-        m = index.get((provider, "peak_mem_mb", size, size, n_hashes))
-        ours_t, ours_m = _value(t, 2), _value(m, 1)
-        if paper is not None:
-            pt, pm = paper[size]
-            cells += [f"{ours_t} / {pt}", f"{ours_m} / {pm}"]
-        else:
-            cells += [ours_t, ours_m]
+        cells += [_value(index.get((provider, "time_ms", size, size, n_hashes)), 2),
+                  _value(index.get((provider, "peak_mem_mb", size, size, n_hashes)), 1)]
+    if paper is not None:
+        cells += [str(v) for size in SIZES for v in paper[size]]
     return f"| {label} | {source} | " + " | ".join(cells) + " |"
+
+
+def _header(with_paper: bool) -> list[str]:
+    ours = [f"{s}×{s} {what}" for s in SIZES for what in ("time (ms)", "mem (MiB)")]
+    paper = [f"paper {s}×{s} {what}" for s in SIZES for what in ("time (ms)", "mem (MB)")] if with_paper else []
+    columns = ["Method", "provider (ours)", *ours, *paper]
+    return ["| " + " | ".join(columns) + " |", "|---|---|" + "---:|" * (len(columns) - 2)]
 
 
 def render_table2(rows) -> str:
     index = _index(rows)
     device = next((r["device"] for r in rows if r["device"]), "this device")
     versions = next(((r["torch"], r["triton"], r["commit"]) for r in rows), ("", "", ""))
-    header = ("| Method | provider (ours) | 100×100 time (ms) | 100×100 mem (MB) "
-              "| 150×150 time (ms) | 150×150 mem (MB) |")
-    rule = "|---|---|---:|---:|---:|---:|"
     lines = [
         "# Table 2 on this device",
         "",
         f"Device: {device}. torch {versions[0]}, triton {versions[1] or '—'}, commit {versions[2] or '—'}.",
         "",
-        "Each cell: **ours / paper** (the paper: NLSN supplementary Table 2, mean of 1K runs on one "
-        "RTX 2070). Ours: median time; peak memory allocated by the call minus what was allocated "
-        "before it (GPU) or peak resident growth of a fresh process (CPU), in MiB.",
+        "Ours, on the device above: median time; peak memory allocated by the call minus what was "
+        "allocated before it (GPU) or peak resident growth of a fresh process (CPU), in MiB. "
+        "The paper's, in the columns marked paper: NLSN supplementary Table 2, mean of 1K runs on one "
+        "RTX 2070, memory in MB as the paper gives it. Another device: compare with care.",
         "Setting: channels 64 (NLSA: x (1, L, 16), y (1, L, 64); NLA: theta, phi (1, L, 32), "
         "g (1, L, 64)), batch 1, chunk 144, float32, forward only, the attention op on given "
         "embeddings (the convolutions that make them are not timed; the paper timed its modules, "
         "so small differences in scope remain). `—`: not in this sweep; a status word: that "
         "configuration's status in sweep.csv.",
         "",
-        header,
-        rule,
+        *_header(with_paper=True),
         _line("NLA", "nla_torch", index, "nla_torch", 0, PAPER_TABLE2["NLA"]),
     ]
     used = {("nla_torch", 0)}
@@ -118,8 +120,7 @@ def render_table2(rows) -> str:
             "",
             "Other providers at the same setting (ours only):",
             "",
-            header,
-            rule,
+            *_header(with_paper=False),
             *others,
         ]
     return "\n".join(lines) + "\n"
@@ -144,8 +145,17 @@ def render_table3(rows, info: dict) -> str:
         "process (CPU; the weights excluded likewise), MiB; FLOPs: analytic, 2 per multiply-accumulate "
         "(nlsn_efficiency.py's docstring).",
         "",
-        "Paper: NLSN supplementary Table 3, one RTX 2070 (mean of 1K runs for Table 2; the scale and the "
-        "memory definition are not stated).",
+        "| Method | " + " | ".join(f"{h}×{h} time (ms) | {h}×{h} mem (MiB) | {h}×{h} GFLOPs" for h in sides) + " |",
+        "|---|" + "---:|" * (3 * len(sides)),
+    ]
+    for p in providers:
+        cells = [_value(index.get((p, metric, h)), digits) for h in sides
+                 for metric, digits in (("time_ms", 1), ("peak_mem_mb", 0), ("gflops", 0))]
+        lines.append(f"| NLSN {p} (ours) | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "The paper's: NLSN supplementary Table 3, one RTX 2070 (the scale and the memory definition are "
+        "not stated; memory in MB as the paper gives it).",
         "",
         "| Method | " + " | ".join(f"{h}×{h} time (ms) | {h}×{h} mem (MB) | {h}×{h} GFLOPs" for h in sides) + " |",
         "|---|" + "---:|" * (3 * len(sides)),
@@ -153,10 +163,6 @@ def render_table3(rows, info: dict) -> str:
     for name, paper in PAPER_TABLE3.items():
         cells = [f"{v:.0f}" if v is not None else "—" for h in sides for v in paper.get(h, (None,) * 3)]
         lines.append(f"| {name} (paper) | " + " | ".join(cells) + " |")
-    for p in providers:
-        cells = [_value(index.get((p, metric, h)), digits) for h in sides
-                 for metric, digits in (("time_ms", 1), ("peak_mem_mb", 0), ("gflops", 0))]
-        lines.append(f"| NLSN {p} (ours) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

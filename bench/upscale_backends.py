@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     model = NLSN.from_file(args.weights).eval()
-    lr = read_image(args.image, model.rgb_range)
+    lr = read_image(args.image).rgb * model.rgb_range
     print(f"{args.image} {tuple(lr.shape)}, NLSN n_feats {model.n_feats}, n_resblocks {model.n_resblocks}, "
           f"{torch.get_num_threads()} torch threads", flush=True)
     outputs = {}

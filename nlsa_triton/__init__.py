@@ -3,7 +3,8 @@
 Public API (docs/semantics.md §8), along the data path: ``num_buckets`` and
 ``random_rotations`` (``hashing``), ``lsh_hash``, ``bucket_sort`` (``sorting``),
 ``chunked_attention`` and ``nlsa`` (``functional``), the module
-``NonLocalSparseAttention`` (``modules``); ``reference`` (the step-by-step oracle) and
+``NonLocalSparseAttention`` (``modules``) and ``convert_nlsa`` (``convert``: the authors'
+blocks in any model swapped for it); ``reference`` (the step-by-step oracle) and
 ``streaming`` (the torch backend), the pure-torch versions of the same functions. Beside
 the data path: the baselines ``NonLocalAttention`` and ``CrissCrossAttention``
 (``baselines``), ``attention_maps`` (``visualize``) and ``models.NLSN``.
@@ -13,6 +14,7 @@ from .hashing import num_buckets, random_rotations
 from .sorting import bucket_sort
 from .functional import chunked_attention, lsh_hash, nlsa
 from .modules import NonLocalSparseAttention
+from .convert import convert_nlsa
 from .baselines import CrissCrossAttention, NonLocalAttention
 from .visualize import attention_maps
 from . import models
@@ -27,6 +29,7 @@ __all__ = [
     "chunked_attention",
     "nlsa",
     "NonLocalSparseAttention",
+    "convert_nlsa",
     "NonLocalAttention",
     "CrissCrossAttention",
     "attention_maps",

@@ -95,7 +95,7 @@ def test_cpu_oom_is_recorded(tmp_path):
         pytest.skip("needs Linux's heuristic overcommit, so that a huge allocation fails at once")
     args = sweep.parse_args(["--device", "cpu", "--sizes", "600", "--providers", "nla_torch", "--modes", "fwd",
                              "--channels", "64", "--dtype", "fp32"])
-    counts = sweep.run_sweep(args, tmp_path, lambda line: None)
+    counts = sweep.run_sweep(args, tmp_path, lambda line: None, schema.meta("cpu", 1))
     assert counts == {"oom": 2}
 
 
@@ -254,6 +254,67 @@ def test_table_prefers_triton_rows():
     for r in (1, 2, 4, 8):
         rows += [row("nlsa_triton", r, "time_ms", 100, 0.1 * r), row("nlsa_torch", r, "time_ms", 100, r)]
     text = table.render_table2(rows)
-    assert "| NLA | nla_torch | 7.00 / 9.6 | 700.0 / 730 | — / 47.3 | — / 3738 |" in text
-    assert "| NLSA-r4 | nlsa_triton | 0.40 / 2.4 | — / 231 |" in text
-    assert "| NLSA-r4 | nlsa_torch | 4.00 | — |" in text  # under the other providers
+    # Ours (ms, MiB) first, then the paper's RTX 2070 figures (ms, MB) in columns of their own.
+    assert ("| Method | provider (ours) | 100×100 time (ms) | 100×100 mem (MiB) | 150×150 time (ms) | "
+            "150×150 mem (MiB) | paper 100×100 time (ms) | paper 100×100 mem (MB) | paper 150×150 time (ms) | "
+            "paper 150×150 mem (MB) |") in text
+    assert "| NLA | nla_torch | 7.00 | 700.0 | — | — | 9.6 | 730 | 47.3 | 3738 |" in text
+    assert "| NLSA-r4 | nlsa_triton | 0.40 | — | — | — | 2.4 | 231 | 10.3 | 521 |" in text
+    assert "| NLSA-r4 | nlsa_torch | 4.00 | — | — | — |" in text  # under the other providers, ours only
+    assert " / " not in text.split("| Method")[1]  # no cell mixes ours and the paper's
+
+
+def test_committed_table_is_what_the_committed_csv_gives():
+    """bench/results/cpu/table.md is table.py's rendering of the committed sweep.csv."""
+    import table
+
+    folder = BENCH / "results" / "cpu"
+    assert (folder / "table.md").read_text() == table.render_table2(schema.read_csv(folder / "sweep.csv"))
+
+
+TINY = ["--device", "cpu", "--sizes", "8", "--providers", "nlsa_torch", "--modes", "fwd", "--channels", "8",
+        "--n-hashes", "1", "--no-plots"]
+
+
+def _git(repo, *args):
+    import subprocess
+
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_default_run_writes_a_new_folder_and_stamps_the_commit_truthfully(tmp_path, monkeypatch, capsys):
+    """In a clean git checkout whose committed results hold a sweep.log: a plain run writes a
+    new folder; --replace-committed rewrites the committed one, and the commit is read before
+    (no -dirty from the run's own sweep.log); a tree dirty before the run is stamped -dirty.
+    "wrote N files" counts what it lists, and each exists."""
+    repo = tmp_path / "repo"
+    committed = repo / "bench" / "results" / "cpu"
+    committed.mkdir(parents=True)
+    (committed / "sweep.log").write_text("the committed log\n")
+    _git(tmp_path, "init", "-q", str(repo))
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "results")
+    head = _git(repo, "rev-parse", "--short=12", "HEAD")
+    monkeypatch.setattr(schema, "BENCH_DIR", repo / "bench")
+
+    def run(*extra):
+        assert sweep.main([*TINY, *extra]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        wrote = next(line for line in lines if line.startswith("# wrote "))
+        n, folder = int(wrote.split()[2]), Path(wrote.split(" into ")[1].split(":")[0])
+        names = wrote.split(": ", 1)[1].split(", ")
+        assert len(names) == n and all((folder / name).is_file() for name in names), wrote
+        assert {r["commit"] for r in schema.read_csv(folder / "sweep.csv")} == {lines[0].split("commit ")[1]}
+        return folder, lines[0].split("commit ")[1]
+
+    folder, commit = run()
+    assert folder.parent == repo / "bench" / "results" and folder.name.startswith("cpu-") and commit == head
+    assert (committed / "sweep.log").read_text() == "the committed log\n"
+    folder, commit = run("--replace-committed")
+    assert folder == committed and commit == head  # clean before the run: no -dirty
+    assert _git(repo, "status", "--porcelain", "-uno")  # the run did change the committed files
+    folder, commit = run("--replace-committed")
+    assert commit == head + "-dirty"  # now the tree was dirty before the run
+    with pytest.raises(SystemExit):
+        sweep.parse_args(["--out", str(tmp_path), "--replace-committed"])

@@ -80,4 +80,20 @@ def test_full_attention_equals_nlsn_forward():
 def test_modules_describe_themselves():
     text = repr(nt.NonLocalSparseAttention(channels=32, n_hashes=2, chunk_size=64, backend="torch"))
     assert "channels=32, n_hashes=2, chunk_size=64" in text and "backend='torch'" in text
-    assert "channel=8, reduction=2" in repr(nt.NonLocalAttention(channel=8))
+    assert "channels=8, reduction=2" in repr(nt.NonLocalAttention(channel=8))
+
+
+def test_every_module_takes_channels():
+    """``channels`` is the name for every module; NonLocalAttention also keeps NLSN's ``channel``."""
+    torch.manual_seed(0)
+    for module in (nt.NonLocalSparseAttention(channels=8, chunk_size=4), nt.NonLocalAttention(channels=8),
+                   nt.CrissCrossAttention(channels=8)):
+        assert module.channels == 8
+        assert module(torch.randn(1, 8, 3, 5)).shape == (1, 8, 3, 5)
+    a, b = nt.NonLocalAttention(channels=12, reduction=3), nt.NonLocalAttention(channel=12, reduction=3)
+    assert a.channel == b.channel == 12 and a.state_dict().keys() == b.state_dict().keys()
+    assert a.conv_match1[0].out_channels == 4 and nt.NonLocalAttention().channels == 128  # NLSN's default
+    with pytest.raises(ValueError, match=r"channel \(8\) and channels \(16\)"):
+        nt.NonLocalAttention(channel=8, channels=16)
+    with pytest.raises(ValueError, match="channels"):
+        nt.NonLocalAttention(channels=10, reduction=4)

@@ -186,6 +186,9 @@ def test_from_file_errors_name_the_file(tmp_path):
         NLSN.from_file(tmp_path / "nope.pt")
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="junk.safetensors is not a checkpoint: it is a file of another kind"):
+        NLSN.from_file(junk)
+    junk.write_bytes(b"\x06" + b"\x00" * 7 + b"{\"a\": ")  # a safetensors header, not valid JSON
     with pytest.raises(ValueError, match="cannot read .*junk.safetensors as a safetensors file"):
         NLSN.from_file(junk)
     edsr = tmp_path / "edsr.pt"

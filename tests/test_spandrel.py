@@ -104,7 +104,8 @@ def test_register_adds_nlsn_once(registered):
     count = len(spandrel.MAIN_REGISTRY)
     assert nlsn_spandrel.register() is registered and len(spandrel.MAIN_REGISTRY) == count
     own = spandrel.ArchRegistry()
-    assert nlsn_spandrel.register(own).architecture.id == "NLSN" and len(own) == 1
+    assert nlsn_spandrel.register(own).architecture.id == "NLSN"
+    assert [a.architecture.id for a in own.architectures("insertion")] == ["NLSN:EDSR-without-NLSA", "NLSN"]
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
@@ -132,12 +133,14 @@ def test_load_from_file_detects_nlsn(tmp_path, scale, form):
 
 def test_foreign_checkpoints_are_not_taken_for_nlsn(tmp_path):
     """EDSR shares every key of NLSN but the NLSA blocks': spandrel (which has no EDSR)
-    refuses it, and NLSN.from_state_dict names the missing NLSA keys."""
+    refuses it with a message that says so, and NLSN.from_state_dict names the missing NLSA keys."""
     edsr = _edsr_state_dict()
     torch.save(edsr, tmp_path / "EDSR_x2.pt")
     assert not nlsn_spandrel.NLSNArch().detect(edsr)
-    with pytest.raises(spandrel.UnsupportedModelError):
+    with pytest.raises(spandrel.UnsupportedModelError, match="an EDSR checkpoint .* without an NLSA block"):
         spandrel.ModelLoader().load_from_file(tmp_path / "EDSR_x2.pt")
+    with pytest.raises(spandrel.UnsupportedModelError, match="^$"):  # anything else: spandrel's own error
+        spandrel.ModelLoader().load_from_state_dict({"conv.weight": torch.zeros(1, 1, 1, 1)})
     with pytest.raises(ValueError, match="missing keys body.0.conv_match.0.weight"):
         NLSN.from_state_dict(edsr)
     # A model spandrel knows keeps its own architecture with NLSN registered.
@@ -179,3 +182,10 @@ def test_declared_half_precision_support_holds(dtype, levels, rgb_range):
     out = half(image.to(dtype))
     assert out.dtype == dtype and torch.isfinite(out).all()
     assert (out.float() - full).abs().max().item() * 255 <= levels
+
+
+def test_a_missing_spandrel_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "spandrel", None)  # `from spandrel import ...` raises ImportError
+    monkeypatch.delitem(sys.modules, "nlsa_triton.integrations.spandrel")
+    with pytest.raises(ImportError, match=r"needs spandrel.*docs/spandrel.md gives the install commands"):
+        import nlsa_triton.integrations.spandrel  # noqa: F401

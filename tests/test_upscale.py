@@ -34,8 +34,15 @@ def _image(path, w=LR_W, h=LR_H, mode="RGB", fmt=None, seed=0):
 
 
 def _run(argv, capsys):
+    """The exit status and everything printed (results on stdout, then stderr)."""
+    code, out, err = _run_streams(argv, capsys)
+    return code, out + err
+
+
+def _run_streams(argv, capsys):
     code = upscale.main([str(a) for a in argv])
-    return code, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 @pytest.fixture
@@ -148,23 +155,40 @@ def test_upscale_tensor_tiles_without_overlap_differ(files):
 
 
 def test_progress_bars_on_a_terminal_only(tmp_path, capsys, monkeypatch):
-    """tqdm bars over images and tiles when stderr is a terminal; none with --quiet or
-    when it is not (a log file), where the per-image lines and the summary remain."""
+    """tqdm bars over images and over an image's stages when stderr is a terminal; none with
+    --quiet or when it is not (a log file). Results go to stdout, the rest to stderr."""
     weights = _checkpoint(tmp_path / "w.pt")
     folder = tmp_path / "lr"
     folder.mkdir()
     for i in range(2):
         _image(folder / f"{i}.png", seed=i)
     argv = ["-i", folder, "-o", tmp_path / "sr", "--weights", weights, *TORCH, "--tile", 5]
-    code, err = _run(argv, capsys)
-    assert code == 0 and "images:" not in err and "tiles:" not in err
-    assert err.count(" -> ") == 2
-    assert err.strip().splitlines()[-1].startswith("2 images in ")
+    code, out, err = _run_streams(argv, capsys)
+    assert code == 0 and "images:" not in err and "stage" not in err
+    assert out.count(" -> ") == 2 and " -> " not in err
+    assert out.strip().splitlines()[-1].startswith("2 files in ")
+    assert err.startswith("NLSN x2") and len(err.splitlines()) == 1  # the one diagnostic line
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    code, err = _run(argv, capsys)
-    assert code == 0 and "images: 100%" in err and "2/2" in err and "tiles:" in err
-    code, err = _run([*argv, "--quiet"], capsys)
-    assert code == 0 and err == ""
+    code, out, err = _run_streams(argv, capsys)
+    # 2 x 3 tiles of 5 px, each through NLSN's 4 body modules and the tail: 30 stages
+    assert code == 0 and "images: 100%" in err and "2/2" in err and "(6 tiles)" in err and "/30" in err
+    code, out, err = _run_streams([*argv, "--quiet"], capsys)
+    assert code == 0 and out == err == ""
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, capsys, monkeypatch):
+    """Off a terminal, a line now and then (here every time: LINE_EVERY_S = 0) counting the
+    network's stages, which a forward hook per body module reports."""
+    monkeypatch.setattr(upscale.progress, "LINE_EVERY_S", 0.0)
+    weights = _checkpoint(tmp_path / "w.pt")
+    src = _image(tmp_path / "in.png")
+    code, out, err = _run_streams([src, tmp_path / "o.png", "--weights", weights, *TORCH], capsys)
+    assert code == 0, err
+    stages = [line for line in err.splitlines() if " stages (" in line]
+    n_body = len(NLSN.from_file(weights).body)  # 4: NLSA, 2 residual blocks, the conv
+    assert [line.split(": ")[1].split(" ")[0] for line in stages] == [f"{i}/{n_body + 1}" for i in range(1, n_body + 1)]
+    assert stages[0].startswith(f"{src}: 1/{n_body + 1} stages (")
+    assert out.count(" -> ") == 1 and "stages" not in out
 
 
 def test_oom_falls_back_to_tiles(files, monkeypatch, capsys):
@@ -253,12 +277,12 @@ def test_auto_backend_runs_the_triton_path(files, capsys, monkeypatch):
 def test_jpeg_webp_bmp_and_other_modes(tmp_path, capsys):
     weights = _checkpoint(tmp_path / "w.pt")
     for name, mode, fmt in [("in.jpg", "RGB", "JPEG"), ("in.webp", "RGB", "WEBP"), ("in.bmp", "RGB", "BMP"),
-                            ("gray.png", "L", None), ("alpha.png", "RGBA", None)]:
+                            ("gray.png", "L", None), ("alpha.png", "RGBA", None), ("in.tif", "RGB", "TIFF")]:
         src = _image(tmp_path / name, mode=mode, fmt=fmt)
-        out = tmp_path / (name + ".out.png")
+        out = tmp_path / ("out_" + name)
         code, err = _run([src, out, "--weights", weights, *TORCH], capsys)
         assert code == 0, err
-        assert _read(out)[2].shape == (2 * LR_H, 2 * LR_W, 3)
+        assert _read(out)[1] == mode and _read(out)[2].shape[:2] == (2 * LR_H, 2 * LR_W)
 
 
 def test_safetensors_checkpoint(files, capsys):
@@ -288,6 +312,8 @@ def folder(tmp_path):
 
 def test_folder_run_goes_past_an_unreadable_image(folder, tmp_path, capsys):
     weights = _checkpoint(tmp_path / "w.pt")
+    (folder / "sub").mkdir()  # not read, but counted
+    _image(folder / "sub" / "e.png")
     out = tmp_path / "sr"  # created by the run
     code, err = _run(["-i", folder, "-o", out, "--weights", weights, *TORCH, "--seed", 0], capsys)
     assert code == 1
@@ -295,9 +321,10 @@ def test_folder_run_goes_past_an_unreadable_image(folder, tmp_path, capsys):
     for name, fmt in [("a_out.png", "PNG"), ("b_out.jpg", "JPEG"), ("c_out.webp", "WEBP"), ("d_out.bmp", "BMP")]:
         assert _read(out / name)[:2] == (fmt, "RGB") and _read(out / name)[2].shape == (2 * LR_H, 2 * LR_W, 3)
     assert f"error: cannot read {folder / 'broken.png'} as an image" in err
-    summary = err.strip().splitlines()[-1]
-    assert summary.startswith("5 images in ")
-    assert summary.endswith(f"s: 4 upscaled, 0 skipped, 1 failed ({folder / 'broken.png'})")
+    summary = [line for line in err.splitlines() if " files in " in line]
+    assert len(summary) == 1 and summary[0].startswith("7 files in ")
+    assert summary[0].endswith(f"s: 4 upscaled, 2 skipped (not an image extension: notes.txt; a subfolder: sub), "
+                               f"1 failed ({folder / 'broken.png'})")
 
 
 def test_skip_existing_resumes_a_folder_run(folder, tmp_path, capsys):
@@ -309,7 +336,9 @@ def test_skip_existing_resumes_a_folder_run(folder, tmp_path, capsys):
     code, err = _run(["-i", folder, "-o", out, "--weights", weights, *TORCH, "--skip-existing"], capsys)
     assert code == 0, err
     assert (out / "a_out.png").read_bytes() == b"kept"
-    assert err.strip().splitlines()[-1].endswith("s: 3 upscaled, 1 skipped, 0 failed")
+    summary = [line for line in err.splitlines() if " files in " in line][0]
+    assert summary.endswith("s: 3 upscaled, 2 skipped (not an image extension: notes.txt; "
+                            "output exists (--skip-existing): a.png), 0 failed")
     code, err = _run(["-i", folder, "-o", out, "--weights", weights, *TORCH], capsys)  # no flag: overwritten
     assert code == 0 and _read(out / "a_out.png")[0] == "PNG"
 
@@ -371,8 +400,7 @@ def test_two_inputs_to_one_output_refused(tmp_path, capsys):
 def test_an_interrupted_write_leaves_no_file(files, monkeypatch):
     """The image goes to a temporary file first: a failure or an interrupt mid-write leaves
     neither a partial output nor the temporary file."""
-    model = NLSN.from_file(files["weights"], backend="torch").eval()
-    sr = upscale.upscale_tensor(model, torch.rand(1, 3, 4, 4))
+    pixels = np.zeros((4, 4, 3), dtype=np.uint8)
     files["out"].write_bytes(b"previous")
 
     def save(self, fp, *args, **kwargs):
@@ -382,7 +410,7 @@ def test_an_interrupted_write_leaves_no_file(files, monkeypatch):
     monkeypatch.setattr(Image.Image, "save", save)
     for error, expected in [(OSError("disk full"), upscale.UpscaleError), (KeyboardInterrupt(), KeyboardInterrupt)]:
         with pytest.raises(expected):
-            images.write_image(sr, files["out"], 1)
+            images.write_image(pixels, files["out"])
         assert files["out"].read_bytes() == b"previous"
         assert sorted(p.name for p in files["tmp"].iterdir()) == ["in.png", "out.png", "x2.pt"]
 
@@ -402,7 +430,7 @@ def test_missing_input(files, capsys):
     empty = files["tmp"] / "empty"
     empty.mkdir()
     code, err = _run(["-i", empty, "--weights", files["weights"]], capsys)
-    assert code == 1 and "no PNG, JPEG, WebP or BMP images in this folder" in err
+    assert code == 1 and "no PNG, JPEG, WebP, BMP or TIFF images in this folder" in err
 
 
 def test_missing_weights(files, capsys):
@@ -425,7 +453,24 @@ def test_checkpoint_not_nlsn(files, capsys):
     junk = files["tmp"] / "junk.pt"
     junk.write_bytes(b"\x00garbage" * 10)
     code, err = _run([files["png"], files["out"], "--weights", junk], capsys)
-    assert code == 1 and "cannot load" in err and "PyTorch checkpoint" in err
+    assert code == 1 and f"{junk} is not a checkpoint: it is a file of another kind" in err
+    # What a file is instead, by its first bytes (a WebP image made torch.load raise IndexError).
+    for name, kind in [("w.webp", "a WebP image"), ("i.png", "a PNG image"), ("t.pt", "a text file"),
+                       ("e.pth", "an empty file")]:
+        path = files["tmp"] / name
+        if kind.endswith("image"):
+            Image.new("RGB", (4, 4)).save(path)
+        else:
+            path.write_text("" if kind == "an empty file" else "weights: see the README\n")
+        code, err = _run([files["png"], files["out"], "--weights", path], capsys)
+        assert code == 1 and f"error: --weights: {path} is not a checkpoint: it is {kind}" in err, err
+        assert "Traceback" not in err
+    # The format is told by content: a safetensors file named .pt loads.
+    from safetensors.torch import save_file
+
+    renamed = files["tmp"] / "st.pt"
+    save_file(torch.load(files["weights"]), renamed)
+    assert _run([files["png"], files["out"], "--weights", renamed, *TORCH], capsys)[0] == 0
 
 
 def test_scale_mismatch(files, capsys):
@@ -476,3 +521,91 @@ def test_python_dash_m(files):
     cmd[3] = str(files["tmp"] / "missing.png")
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 1 and "no such file or folder" in done.stderr
+
+
+# -- what an image is: gray, alpha, 16 bits, TIFF ---------------------------------------------
+
+
+def _info(path):
+    """(format, Pillow mode, bits per channel, channels, (H, W)), 16-bit colour read through pypng/tifffile."""
+    with Image.open(path) as img:
+        fmt, mode, size = img.format, img.mode, img.size[::-1]
+    pixels = images.read_image(path)
+    channels = (1 if pixels.gray else 3) + (pixels.alpha is not None)
+    return fmt, mode, pixels.bits, channels, size
+
+
+def test_a_folder_keeps_each_image_as_it_was(tmp_path, capsys):
+    """16-bit gray PNG and TIFF, 16-bit RGBA PNG, gray JPEG, RGBA PNG, 16-bit RGB TIFF, 8-bit TIFF:
+    each comes back upscaled x2 with its format, gray or colour, alpha and bit depth."""
+    import png
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    gray16 = rng.integers(20000, 40000, (LR_H, LR_W), dtype=np.uint16)  # mid-gray: not near white
+    Image.fromarray(gray16).save(lr / "gray16.png")
+    Image.fromarray(gray16).save(lr / "gray16.tif")
+    png.Writer(LR_W, LR_H, greyscale=False, alpha=True, bitdepth=16).write(
+        open(lr / "rgba16.png", "wb"), rng.integers(0, 65536, (LR_H, LR_W * 4), dtype=np.uint16))
+    _image(lr / "gray.jpg", mode="L", fmt="JPEG")
+    _image(lr / "rgba.png", mode="RGBA")
+    tifffile.imwrite(lr / "rgb16.tif", rng.integers(0, 65536, (LR_H, LR_W, 3), dtype=np.uint16), photometric="rgb")
+    _image(lr / "rgb.tiff", fmt="TIFF")
+    before = {p.name: _info(p) for p in lr.iterdir()}
+    weights = _checkpoint(tmp_path / "w.pt")
+    code, out, err = _run_streams(["-i", lr, "-o", tmp_path / "sr", "--weights", weights, *TORCH, "--seed", 0],
+                                  capsys)
+    assert code == 0, err
+    assert out.strip().splitlines()[-1].endswith("s: 7 upscaled, 0 skipped, 0 failed")
+    for name, (fmt, mode, bits, channels, (h, w)) in before.items():
+        stem, ext = name.split(".")
+        assert _info(tmp_path / "sr" / f"{stem}_out.{ext}") == (fmt, mode, bits, channels, (2 * h, 2 * w)), name
+    # The inputs are what they are meant to be (format, bits, channels), so the loop checked each kind.
+    assert {name: info[:1] + info[2:4] for name, info in before.items()} == {
+        "gray16.png": ("PNG", 16, 1), "gray16.tif": ("TIFF", 16, 1), "rgba16.png": ("PNG", 16, 4), "gray.jpg": ("JPEG", 8, 1),
+        "rgba.png": ("PNG", 8, 4), "rgb16.tif": ("TIFF", 16, 3), "rgb.tiff": ("TIFF", 8, 3)}
+    assert "gray16.png (11x9, gray 16-bit)" in out and "rgba.png (11x9, RGBA 8-bit)" in out
+
+
+def test_gray_16_bit_and_alpha_values(tmp_path, capsys):
+    """A 16-bit gray image: the network's output on the gray replicated to RGB, back to gray
+    by ITU-R 601 luma, at 16 bits (a mid-gray input stays mid-gray). Alpha: bicubic, as is."""
+    weights = _checkpoint(tmp_path / "w.pt")
+    gray16 = np.random.default_rng(1).integers(20000, 40000, (LR_H, LR_W), dtype=np.uint16)
+    Image.fromarray(gray16).save(tmp_path / "g.png")
+    code, err = _run([tmp_path / "g.png", tmp_path / "o.png", "--weights", weights, *TORCH, "--seed", 2], capsys)
+    assert code == 0, err
+    model = NLSN.from_file(weights, backend="torch").eval()
+    lr = torch.from_numpy(gray16.astype(np.float32) / 65535).expand(1, 3, -1, -1)
+    with torch.no_grad():
+        sr = model(lr, generator=torch.Generator().manual_seed(2))
+    luma = 0.299 * sr[0, 0] + 0.587 * sr[0, 1] + 0.114 * sr[0, 2]
+    expected = (luma * 65535).clamp(0, 65535).round().numpy().astype(np.uint16)
+    got = np.asarray(Image.open(tmp_path / "o.png"))
+    assert got.dtype == np.uint16 and np.array_equal(got, expected)
+    assert 15000 < got.mean() < 45000  # not the near-white an 8-bit conversion gives
+
+    rgba = _image(tmp_path / "a.png", mode="RGBA")
+    code, err = _run([rgba, tmp_path / "ao.png", "--weights", weights, *TORCH], capsys)
+    assert code == 0, err
+    alpha = torch.from_numpy(np.asarray(Image.open(rgba))[..., 3].astype(np.float32) / 255)[None, None]
+    expected = (upscale.resize(alpha, 2 * LR_H, 2 * LR_W)[0, 0] * 255).clamp(0, 255).round().numpy()
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "ao.png"))[..., 3], expected.astype(np.uint8))
+
+
+@pytest.mark.parametrize("name", ["out.tif", "out.tiff", "out.TIF", "out.bmp", "out.webp", "out.jpeg"])
+def test_output_file_with_any_supported_extension(files, capsys, name):
+    target = files["tmp"] / name
+    code, err = _run([files["png"], target, "--weights", files["weights"], *TORCH], capsys)
+    assert code == 0, err
+    assert target.is_file() and _read(target)[2].shape == (2 * LR_H, 2 * LR_W, 3)
+
+
+def test_what_a_format_cannot_hold_is_dropped_with_a_warning(tmp_path, capsys):
+    weights = _checkpoint(tmp_path / "w.pt")
+    rgba = _image(tmp_path / "a.png", mode="RGBA")
+    code, out, err = _run_streams([rgba, tmp_path / "a.jpg", "--weights", weights, *TORCH], capsys)
+    assert code == 0 and _read(tmp_path / "a.jpg")[:2] == ("JPEG", "RGB")
+    assert f"warning: {tmp_path / 'a.jpg'}: its format holds no alpha; alpha of {rgba} dropped" in err

@@ -21,12 +21,19 @@ class NonLocalAttention(nn.Module):
     1/sqrt(d) scale. Computed through ``scaled_dot_product_attention`` (scale 1), so the
     (L, L) score matrix is materialised only where torch has no fused kernel.
     Parameter names are NLSN's (``conv_match1.*``, ``conv_match2.*``, ``conv_assembly.*``).
+    The channel count is ``channels``, as for every module of this package, or ``channel``,
+    NLSN's own name for it here (default 128, NLSN's).
     """
 
-    def __init__(self, channel: int = 128, reduction: int = 2, res_scale: float = 1):
+    def __init__(self, channel: int | None = None, reduction: int = 2, res_scale: float = 1, *,
+                 channels: int | None = None):
         super().__init__()
-        v.check_channels(channel, reduction, "channel")
+        if channel is not None and channels is not None and channel != channels:
+            raise ValueError(f"channel ({channel}) and channels ({channels}) name the same count; give one")
+        channel = 128 if channel is None and channels is None else (channels if channel is None else channel)
+        v.check_channels(channel, reduction, "channels")
         self.channel, self.reduction, self.res_scale = channel, reduction, v.check_res_scale(res_scale)
+        self.channels = channel
         self.conv_match1 = _conv1x1_prelu(channel, channel // reduction)
         self.conv_match2 = _conv1x1_prelu(channel, channel // reduction)
         self.conv_assembly = _conv1x1_prelu(channel, channel)
@@ -41,4 +48,4 @@ class NonLocalAttention(nn.Module):
         return out.transpose(1, 2).reshape(n, c, h, w) + self.res_scale * input
 
     def extra_repr(self) -> str:
-        return f"channel={self.channel}, reduction={self.reduction}, res_scale={self.res_scale}"
+        return f"channels={self.channels}, reduction={self.reduction}, res_scale={self.res_scale}"

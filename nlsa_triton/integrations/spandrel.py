@@ -43,20 +43,24 @@ try:
         ImageModelDescriptor,
         ModelTiling,
         StateDict,
+        UnsupportedModelError,
     )
-except ImportError as e:
+except (ImportError, RuntimeError) as e:  # RuntimeError: a torchvision built for another torch
     raise ImportError(
-        "nlsa_triton.integrations.spandrel needs spandrel: pip install 'nlsa-triton[spandrel]' "
-        "together with your torch pinned (e.g. torch==2.13.0), so that pip picks the torchvision "
-        "built for it instead of replacing torch"
+        f"nlsa_triton.integrations.spandrel needs spandrel, which could not be imported ({e}). spandrel "
+        f"imports torchvision, which must be the build made for your torch ({torch.__version__}); "
+        "docs/spandrel.md gives the install commands for CPU machines (PyTorch's CPU index, "
+        "--index-url https://download.pytorch.org/whl/cpu) and CUDA machines"
     ) from e
 
 from ..models import NLSN
-from ..models.checkpoint import is_nlsn_state_dict
+from ..models.checkpoint import is_edsr_layout, is_nlsn_state_dict
 
-__all__ = ["ARCH_ID", "NLSNArch", "register"]
+__all__ = ["ARCH_ID", "NLSNArch", "EDSRWithoutNLSA", "register"]
 
 ARCH_ID = "NLSN"
+#: The id of the entry that explains an EDSR checkpoint instead of spandrel's bare error.
+EDSR_ID = "NLSN:EDSR-without-NLSA"
 
 
 class NLSNArch(Architecture[NLSN]):
@@ -83,6 +87,25 @@ class NLSNArch(Architecture[NLSN]):
         )
 
 
+class EDSRWithoutNLSA(Architecture[NLSN]):
+    """Not a model: an entry, after every other, that recognises EDSR's layout (NLSN's head,
+    residual blocks, tail and mean shifts) without an NLSA block, and refuses it with a
+    message. Without it spandrel, which has no EDSR, raises UnsupportedModelError with an
+    empty message; an architecture that does load such a file (a later spandrel's EDSR)
+    comes earlier in the registry and takes it first."""
+
+    def __init__(self) -> None:
+        super().__init__(id=EDSR_ID, name="EDSR (not NLSN)",
+                         detect=lambda sd: is_edsr_layout(sd) and not is_nlsn_state_dict(sd))
+
+    def load(self, state_dict: StateDict) -> ImageModelDescriptor[NLSN]:
+        raise UnsupportedModelError(
+            "this is an EDSR checkpoint (head, residual blocks, upsampler tail, mean shifts) without an "
+            "NLSA block, so not NLSN (whose body opens with one: body.0.conv_match.0.weight); "
+            "spandrel has no EDSR architecture to load it"
+        )
+
+
 def _call(model: NLSN, image: torch.Tensor) -> torch.Tensor:
     """spandrel's images are in [0, 1]; NLSN's in [0, rgb_range] (1 for the authors' models)."""
     if model.rgb_range == 1:
@@ -94,9 +117,14 @@ def register(registry: ArchRegistry = MAIN_REGISTRY) -> ArchSupport:
     """Add NLSN to ``registry`` (by default spandrel's main registry, which every
     ``ModelLoader()`` without a registry of its own uses) and return its entry.
 
+    Also added, last: ``EDSRWithoutNLSA``, which turns spandrel's empty
+    UnsupportedModelError for an EDSR checkpoint into one that says what the file is.
+
     Calling it again changes nothing; if the registry already knows an architecture with
     the id "NLSN" (a later spandrel may ship one), that one is kept and returned.
     """
+    if registry.get(EDSR_ID) is None:
+        registry.add(ArchSupport.from_architecture(EDSRWithoutNLSA()))
     known = registry.get(ARCH_ID)
     if known is not None:
         return known

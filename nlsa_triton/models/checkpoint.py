@@ -30,17 +30,56 @@ WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "model_state_dict
 DATA_PARALLEL_PREFIX = "module."
 
 
+#: What a file that is not a checkpoint most often is, by its first bytes.
+_SIGNATURES = (
+    (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+    (b"BM", "a BMP image"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
+    (b"\x1f\x8b", "a gzip archive"), (b"<", "an HTML or XML file"),
+)
+
+
+def _file_kind(path: str) -> str:
+    """'zip' (torch.save's format), 'pickle' (its legacy format), 'safetensors', or what
+    else the file is, in words, judged by its first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head.startswith(b"\x80"):  # a pickle's PROTO opcode, which torch.save's legacy format opens with
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= os.path.getsize(path) - 8:
+        return "safetensors"  # an 8-byte header length, then the JSON header
+    if not head:
+        return "an empty file"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "a WebP image"
+    for signature, kind in _SIGNATURES:
+        if head.startswith(signature):
+            return kind
+    chars = head.decode("utf-8", "replace").rstrip("\ufffd")  # the 16 bytes may cut a character
+    text = all(c.isprintable() or c in "\t\r\n" for c in chars)
+    return "a text file" if text else "a file of another kind"
+
+
 def read_checkpoint(path: str | os.PathLike) -> Mapping:
     """The object stored in a checkpoint file, on the CPU.
 
-    ``.safetensors`` files are read with safetensors (the ``cli`` extra installs it), any
-    other file with ``torch.load(weights_only=True)``, which refuses pickled code.
-    Raises FileNotFoundError for a missing file, ValueError for one that is not a checkpoint.
+    The format is told by the file's first bytes, not its name: a safetensors file is read
+    with safetensors (the ``cli`` extra installs it), a PyTorch one (zip, or the legacy
+    pickle) with ``torch.load(weights_only=True)``, which refuses pickled code. Raises
+    FileNotFoundError for a missing file, ValueError for one that is not a checkpoint
+    (saying what it is instead: an image, a text file, ...).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
-    if path.lower().endswith(".safetensors"):
+    kind = _file_kind(path)
+    if kind not in ("zip", "pickle", "safetensors"):
+        raise ValueError(
+            f"{path} is not a checkpoint: it is {kind} (a PyTorch checkpoint is the zip archive or "
+            "pickle torch.save writes; a .safetensors file opens with its header's length and JSON)"
+        )
+    if kind == "safetensors":
         try:
             from safetensors import SafetensorError
             from safetensors.torch import load_file
@@ -54,7 +93,7 @@ def read_checkpoint(path: str | os.PathLike) -> Mapping:
             raise ValueError(f"cannot read {path} as a safetensors file: {e}") from e
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load raises several types for a file that is not a checkpoint
+    except Exception as e:  # torch.load raises several types for a damaged or foreign file
         first_line = str(e).splitlines()[0] if str(e) else ""
         raise ValueError(
             f"cannot load {path} as a PyTorch checkpoint (torch.load with weights_only=True): "
@@ -76,6 +115,13 @@ def unwrap_state_dict(obj) -> Mapping[str, torch.Tensor]:
     return obj
 
 
+def is_edsr_layout(state_dict: Mapping) -> bool:
+    """Whether a bare state_dict has the EDSR layout NLSN is built on: head, residual
+    blocks (``body.<i>.body.0.weight``), upsampler tail and mean shifts."""
+    edsr = ("head.0.weight", "tail.0.0.weight", "tail.1.weight", "sub_mean.bias", "add_mean.bias")
+    return all(k in state_dict for k in edsr) and any(_is_resblock_key(k) for k in state_dict)
+
+
 def is_nlsn_state_dict(state_dict: Mapping) -> bool:
     """Whether a bare state_dict has NLSN's own layout: an NLSA block (``conv_match`` and
     ``conv_assembly``) opening the body, and EDSR's head, tail and mean shift around it.
@@ -84,8 +130,7 @@ def is_nlsn_state_dict(state_dict: Mapping) -> bool:
     descendants have them too.
     """
     attention = ("body.0.conv_match.0.weight", "body.0.conv_assembly.0.weight")
-    edsr = ("head.0.weight", "tail.0.0.weight", "tail.1.weight", "sub_mean.bias", "add_mean.bias")
-    return all(k in state_dict for k in attention + edsr) and any(_is_resblock_key(k) for k in state_dict)
+    return all(k in state_dict for k in attention) and is_edsr_layout(state_dict)
 
 
 def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict:

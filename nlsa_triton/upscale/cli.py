@@ -14,7 +14,7 @@ from .._oom import is_out_of_memory
 from ..models import NLSN
 from . import paths, progress
 from .errors import UpscaleError
-from .images import read_image, require_pillow, resize, write_image
+from .images import FORMAT_NAMES, output_pixels, read_image, require_pillow, write_image
 from .tiling import upscale_with_fallback
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -46,7 +46,9 @@ _positive_float = _number_at_least(float, 0, strict=True)
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m nlsa_triton.upscale",
-        description="Super-resolve images (PNG, JPEG, WebP, BMP) with an NLSN checkpoint.",
+        description=f"Super-resolve images ({FORMAT_NAMES}) with an NLSN checkpoint. Gray stays gray, "
+                    "alpha is kept (upscaled bicubically), 16-bit PNG and TIFF stay 16-bit. Results go to "
+                    "stdout, progress and diagnostics to stderr.",
     )
     p.add_argument("input_positional", nargs="?", type=Path, metavar="IN", help="same as -i/--input")
     p.add_argument("output_positional", nargs="?", type=Path, metavar="OUT", help="same as -o/--output")
@@ -59,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"outputs in a folder are named <name>_<suffix>.<ext> (default {DEFAULT_SUFFIX!r}; "
                         "'' for <name>.<ext>)")
     p.add_argument("--ext", choices=sorted(paths.EXTENSIONS), default="auto",
-                   help="output format in a folder: auto keeps the input's (default), png, jpg")
+                   help="output format in a folder: auto keeps the input's (default), png, jpg, tif")
     p.add_argument("--outscale", type=_positive_float, default=None,
                    help="final scale, reached by a bicubic antialiased resize of the network's output "
                         "(default: the checkpoint's scale)")
@@ -87,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-existing", action="store_true",
                    help="leave images whose output already exists (resumes an interrupted folder run)")
     p.add_argument("--quiet", action="store_true",
-                   help="no progress bars, per-image lines or summary; errors are still printed")
+                   help="no progress, per-image lines or summary; errors and warnings are still printed")
     return p
 
 
@@ -159,31 +161,46 @@ def _out_of_memory(error: Exception, device: torch.device) -> str:
 def _upscale_one(job: paths.Job, model: NLSN, args: argparse.Namespace, *, rgb_range: float,
                  device: torch.device, dtype: torch.dtype) -> str:
     """Upscale one image into its output file; returns the line that reports it."""
-    lr = read_image(job.source, rgb_range)
-    _, _, h, w = lr.shape
+    picture = read_image(job.source)
+    _, _, h, w = picture.rgb.shape
     outscale = args.outscale or model.scale
     height, width = (max(1, int(size * outscale + 0.5)) for size in (h, w))  # nearest, halves up
     try:
         sr = upscale_with_fallback(
-            model, lr.to(device=device, dtype=dtype), tile=args.tile or None, tile_pad=args.tile_pad,
-            seed=args.seed, quiet=args.quiet,
+            model, (picture.rgb * rgb_range).to(device=device, dtype=dtype), tile=args.tile or None,
+            tile_pad=args.tile_pad, seed=args.seed, quiet=args.quiet, desc=str(job.source),
         )
-        sr = resize(sr, height, width)
+        pixels = output_pixels(picture, sr, rgb_range, height, width)
     except UpscaleError as e:  # the fallback's own out-of-memory error, which names no file
         raise UpscaleError(f"{job.source}: {e}") from e
     except Exception as e:  # an OOM the tile fallback does not cover: moving the image, the resize
         if not is_out_of_memory(e):
             raise
         raise UpscaleError(f"{job.source}: {_out_of_memory(e, device)}") from e
-    write_image(sr, job.target, rgb_range)
-    return f"{job.source} ({w}x{h}) -> {job.target} ({width}x{height})"
+    dropped = write_image(pixels, job.target)
+    if dropped:
+        progress.log(f"warning: {job.target}: its format holds no {' and no '.join(dropped)}; "
+                     f"{' and '.join(dropped)} of {job.source} dropped")
+    return f"{job.source} ({w}x{h}, {picture.describe()}) -> {job.target} ({width}x{height})"
+
+
+def _skipped(skips: list[paths.Skip]) -> str:
+    """`` (reason: a, b; reason: c)``: the skipped entries by reason, at most 5 names each."""
+    by_reason: dict[str, list[str]] = {}
+    for skip in skips:
+        by_reason.setdefault(skip.reason, []).append(skip.source.name)
+    parts = []
+    for reason, names in by_reason.items():
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        parts.append(f"{reason}: {', '.join(names[:5])}{more}")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def run(args: argparse.Namespace) -> int:
     """Upscale every input; the exit status: 0, or 1 when any image failed."""
     require_pillow()  # fail early, before loading a large checkpoint, if an extra is missing
     progress.require_tqdm()
-    jobs = paths.plan(args.input, args.output, suffix=args.suffix, ext=args.ext)
+    jobs, skips = paths.plan(args.input, args.output, suffix=args.suffix, ext=args.ext)
     device = _device(args.device)
     dtype = _dtype(args.dtype, device)
     model = _load_model(args)
@@ -207,25 +224,25 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     failed: list[Path] = []
-    upscaled = skipped = 0
+    upscaled, total = 0, len(jobs) + len(skips)  # skips: the folder's entries that are not images
     with progress.bar(len(jobs), desc="images", unit="image", quiet=args.quiet or len(jobs) == 1) as images:
         for job in jobs:
             if args.skip_existing and job.target.exists():
-                skipped += 1
+                skips.append(paths.Skip(job.source, "output exists (--skip-existing)"))
             else:
                 try:
                     report = _upscale_one(job, model, args, rgb_range=rgb_range, device=device, dtype=dtype)
                     upscaled += 1
                     if not args.quiet:
-                        progress.log(report)
+                        progress.result(report)
                 except UpscaleError as e:
                     failed.append(job.source)
                     progress.log(f"error: {e}")
             images.update()
     if not args.quiet:
         names = f" ({', '.join(map(str, failed))})" if failed else ""
-        progress.log(f"{len(jobs)} image{'s' if len(jobs) != 1 else ''} in {time.perf_counter() - started:.1f} s: "
-                     f"{upscaled} upscaled, {skipped} skipped, {len(failed)} failed{names}")
+        progress.result(f"{total} file{'s' if total != 1 else ''} in {time.perf_counter() - started:.1f} s: "
+                        f"{upscaled} upscaled, {len(skips)} skipped{_skipped(skips)}, {len(failed)} failed{names}")
     return 1 if failed else 0
 
 

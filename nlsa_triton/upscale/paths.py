@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UpscaleError
-from .images import IMAGE_FORMATS
+from .images import FORMAT_NAMES, IMAGE_FORMATS
 
 #: ``--ext`` choices: "auto" keeps each input's extension (PNG for one Pillow reads but
 #: the upscaler does not write), the others force one.
-EXTENSIONS = {"auto": None, "png": ".png", "jpg": ".jpg"}
+EXTENSIONS = {"auto": None, "png": ".png", "jpg": ".jpg", "tif": ".tif"}
 
 
 @dataclass(frozen=True)
@@ -23,20 +23,34 @@ class Job:
     target: Path
 
 
-def plan(source: Path, target: Path, *, suffix: str, ext: str) -> list[Job]:
-    """The (input, output) pairs of a run.
+@dataclass(frozen=True)
+class Skip:
+    """An entry of an input folder that is not upscaled, and why."""
+    source: Path
+    reason: str
 
-    ``source`` is an image file or a folder (its PNG, JPEG, WebP and BMP files, not its
-    subfolders). ``target`` is a file when ``source`` is a file and ``target`` has an image
+
+def plan(source: Path, target: Path, *, suffix: str, ext: str) -> tuple[list[Job], list[Skip]]:
+    """The (input, output) pairs of a run, and the entries of an input folder left out.
+
+    ``source`` is an image file or a folder (its PNG, JPEG, WebP, BMP and TIFF files; every
+    other entry, a subfolder included, is returned as a ``Skip`` with its reason). ``target`` is a file when ``source`` is a file and ``target`` has an image
     extension and is not an existing folder; otherwise it is a folder, in which each output
     is named ``<input stem>_<suffix>.<ext>`` (``<input stem>.<ext>`` for an empty suffix).
     """
     if source.is_dir():
-        sources = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_FORMATS and p.is_file())
+        sources, skips = [], []
+        for p in sorted(source.iterdir()):
+            if p.is_dir():
+                skips.append(Skip(p, "a subfolder"))
+            elif p.suffix.lower() not in IMAGE_FORMATS:
+                skips.append(Skip(p, "not an image extension"))
+            else:
+                sources.append(p)
         if not sources:
-            raise UpscaleError(f"--input {source}: no PNG, JPEG, WebP or BMP images in this folder")
+            raise UpscaleError(f"--input {source}: no {FORMAT_NAMES} images in this folder")
     elif source.is_file():
-        sources = [source]
+        sources, skips = [source], []
     else:
         raise UpscaleError(f"--input {source}: no such file or folder")
 
@@ -55,7 +69,7 @@ def plan(source: Path, target: Path, *, suffix: str, ext: str) -> list[Job]:
             raise UpscaleError(f"--output {target} is an existing file without an image extension; give a folder")
         jobs = [Job(p, target / output_name(p, suffix, ext)) for p in sources]
     _refuse_clobbering(jobs)
-    return jobs
+    return jobs, skips
 
 
 def output_name(source: Path, suffix: str, ext: str) -> str:

@@ -18,6 +18,13 @@ def _spans(size: int, tile: int) -> list[tuple[int, int]]:
     return [(start, min(start + tile, size)) for start in range(0, size, tile)]
 
 
+def _stages(model) -> list:
+    """The modules whose ends mark progress: NLSN's body, one by one (its tail, the last
+    stage, is counted when the network returns). Any other model is one stage."""
+    body = getattr(model, "body", None)
+    return list(body) if isinstance(body, torch.nn.Sequential) else []
+
+
 def upscale_tensor(
     model,
     lr: torch.Tensor,
@@ -26,30 +33,43 @@ def upscale_tensor(
     tile_pad: int = 10,
     generator: torch.Generator | None = None,
     quiet: bool = True,
+    desc: str = "image",
 ) -> torch.Tensor:
     """Run ``model`` on lr (N, 3, H, W), whole or in tiles of ``tile`` x ``tile`` LR pixels.
 
     Each tile is run with up to ``tile_pad`` extra pixels on every side (clipped at the
     border), and only its own region, times the scale, is kept. Tiles are run in
-    row-major order, drawing rotations from ``generator`` in that order.
+    row-major order, drawing rotations from ``generator`` in that order. Progress (the
+    network's stages over all tiles, ``progress.Steps``) is shown unless ``quiet``.
     """
-    with torch.no_grad():
-        if tile is None:
-            return model(lr, generator=generator)
-        n, c, h, w = lr.shape
-        s = model.scale
-        out = lr.new_empty((n, c, h * s, w * s))
-        tiles = [(ys, xs) for ys in _spans(h, tile) for xs in _spans(w, tile)]
-        with progress.bar(len(tiles), desc="tiles", unit="tile", quiet=quiet or len(tiles) == 1, nested=True) as bar:
+    n, c, h, w = lr.shape
+    tiles = [(ys, xs) for ys in _spans(h, tile) for xs in _spans(w, tile)] if tile else [((0, h), (0, w))]
+    stages = _stages(model)
+    if len(tiles) > 1:
+        desc = f"{desc} ({len(tiles)} tiles)"
+    steps = progress.Steps(len(tiles) * (len(stages) + 1), desc=desc, quiet=quiet)
+    hooks = [m.register_forward_hook(lambda *_: steps.update()) for m in stages]
+    try:
+        with torch.no_grad():
+            if tile is None:
+                out = model(lr, generator=generator)
+                steps.update()
+                return out
+            s = model.scale
+            out = lr.new_empty((n, c, h * s, w * s))
             for (y0, y1), (x0, x1) in tiles:
                 py0, py1 = max(0, y0 - tile_pad), min(h, y1 + tile_pad)
                 px0, px1 = max(0, x0 - tile_pad), min(w, x1 + tile_pad)
                 sr = model(lr[:, :, py0:py1, px0:px1], generator=generator)
+                steps.update()
                 out[:, :, y0 * s:y1 * s, x0 * s:x1 * s] = sr[
                     :, :, (y0 - py0) * s:(y1 - py0) * s, (x0 - px0) * s:(x1 - px0) * s
                 ]
-                bar.update()
-        return out
+            return out
+    finally:
+        for hook in hooks:
+            hook.remove()
+        steps.close()
 
 
 def upscale_with_fallback(
@@ -60,6 +80,7 @@ def upscale_with_fallback(
     tile_pad: int,
     seed: int | None,
     quiet: bool = True,
+    desc: str = "image",
 ) -> torch.Tensor:
     """``upscale_tensor``, retried in tiles half the size on out-of-memory errors.
 
@@ -72,7 +93,8 @@ def upscale_with_fallback(
 
     while True:
         try:
-            return upscale_tensor(model, lr, tile=tile, tile_pad=tile_pad, generator=generator(), quiet=quiet)
+            return upscale_tensor(model, lr, tile=tile, tile_pad=tile_pad, generator=generator(), quiet=quiet,
+                                  desc=desc)
         except Exception as e:
             if not is_out_of_memory(e):
                 raise

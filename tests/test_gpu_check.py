@@ -1,0 +1,107 @@
+"""bench/gpu_check.py: its dry run (every step on the CPU, tiny shapes, the kernels in the
+interpreter) leaves at most 8 files, an archive of every step and a summary; a step past
+its budget is killed and the run goes on."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import gpu_check  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_check")
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), str(out), "--dry-run"],
+                          capture_output=True, text=True, timeout=600, cwd=str(ROOT))
+    return out, proc
+
+
+def test_dry_run_files(dry_run):
+    out, proc = dry_run
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:] + (out / "gpu_check.log").read_text()[-4000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 8  # what a lent machine returns
+    assert files == sorted(gpu_check.OUT_FILES)
+    with tarfile.open(out / "results.tar.gz") as tar:
+        names = set(tar.getnames())
+        steps = {s: json.load(tar.extractfile(f"results/{s}.json")) for s in gpu_check.STEPS}
+    assert {"results/environment.json", "results/profile.txt", "results/pytest.xml"} <= names
+    assert all(steps[s]["status"] != "running" for s in gpu_check.STEPS)
+
+
+def test_dry_run_summary(dry_run):
+    out, _ = dry_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["environment"]["dry_run"] is True
+    steps = {s["step"]: s for s in summary["steps"]}
+    assert list(steps) == list(gpu_check.STEPS)
+    assert {s: steps[s]["status"] for s in steps} == {
+        "prewarm": "ok", "correctness": "ok", "ratios": "ok", "profile": "ok",
+        "memory": "skipped",  # peak allocated is a CUDA statistic
+        "flex": "ok", "pytest": "ok"}
+
+    # Every case in every interpreter dtype, forward and both gradients within bounds.
+    cases = steps["correctness"]["items"]
+    assert {(c["case"], c["variant"]) for c in cases} == {
+        (case.label, v) for case in gpu_check.DRY_PLAN.cases for v in gpu_check.DRY_PLAN.variants}
+    for c in cases:
+        assert c["status"] == "pass" and c["finite"]
+        assert max(c["err_out"], c["err_dx"], c["err_dy"]) < gpu_check.TOLERANCE[c["variant"]][1]
+
+    assert int(steps["prewarm"]["distinct_specialisations"]) > 0
+    timed = {(i["provider"], i["mode"]): i for i in steps["ratios"]["items"]}
+    assert timed[("nlsa_triton", "fwd")]["status"] == "skipped"  # the interpreter is never timed
+    for provider in ("nlsa_torch", "nlsa_reference", "nla_sdpa"):
+        for mode in ("fwd", "fwd_bwd"):
+            row = timed[(provider, mode)]
+            assert row["status"] == "ok" and row["median_ms"] > 0 and row["ratio_to"] == "nlsa_torch"
+            assert row["graph_status"] == "skipped"
+    profile = steps["profile"]["items"][0]
+    assert profile["status"] == "ok" and sum(profile["groups_ms_per_call"].values()) > 0
+    flex = [i for i in steps["flex"]["items"] if "err_out" in i]
+    assert flex and flex[0]["status"] == "pass"
+    assert steps["pytest"]["counts"] == {"passed": 1}
+
+    text = (out / "summary.md").read_text()
+    for heading in ("| step | status", "## Correctness", "## Table 2 times", "## Where the time goes", "## Memory"):
+        assert heading in text
+
+
+def test_a_step_past_its_budget_is_killed(tmp_path):
+    start = time.monotonic()
+    with open(tmp_path / "log", "w") as log:
+        rc, timed_out = gpu_check.run_process([sys.executable, "-c", "import time; time.sleep(60)"], 1, log, {})
+    assert timed_out and rc != 0 and time.monotonic() - start < 30
+
+
+def test_items_past_the_deadline_are_skipped_and_errors_recorded(tmp_path):
+    ctx = gpu_check.StepContext("ratios", tmp_path, time.time() + 60, gpu_check.DRY_PLAN, dry=True)
+    gpu_check.run_item(ctx, {"n": 1}, lambda: {"value": 1})
+    gpu_check.run_item(ctx, {"n": 2}, lambda: 1 / 0)
+    ctx.deadline = time.time() - 1
+    gpu_check.run_item(ctx, {"n": 3}, lambda: {"value": 3})
+    saved = json.loads((tmp_path / "ratios.json").read_text())["items"]
+    assert [(i["n"], i["status"]) for i in saved] == [(1, "ok"), (2, "error"), (3, "skipped")]
+    assert "ZeroDivisionError" in saved[1]["reason"]
+    assert gpu_check.step_status({"items": saved}) == "failed"
+
+
+@pytest.mark.parametrize("name, group", [
+    ("_lsh_hash_kernel", "hash"), ("_stage_round_kernel", "staging"),
+    ("_chunked_attention_fwd_kernel", "attention forward"), ("_chunked_attention_bwd_dq_kernel", "attention backward"),
+    ("_fold_ring_grads_kernel", "fold / merge"),
+    ("void at::native::(anonymous namespace)::radixSortKVInPlace<...>", "sort"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>", "fill / copy / elementwise"),
+])
+def test_profile_groups(name, group):
+    assert gpu_check.profile_group(name) == group

@@ -18,8 +18,9 @@ that poisons the context, or a step past its budget does not stop the next one):
 3. ratios: Table 2 (150², R 4, c 64, N 1) of nlsa_triton against the torch backend, the
    reference and SDPA full attention, plain (do_bench median) and as a CUDA-graph replay
    (GPU time alone, no host).
-4. profile: torch.profiler's table of GPU time by kernel, grouped (hash, sort, staging,
-   attention, backward, fold, ...).
+4. profile: torch.profiler's GPU time by launch (each Triton launch in a range named
+   after its kernel and its flags, so the exact non-finite launch shows), grouped (hash,
+   sort, staging, attention forward, exact path, backward, fold, ...).
 5. memory: peak allocated at 600² (fp32, c 64 and 256) and 2048² (fp16, bf16, c 64).
 6. flex: bench/nlsa_flex.py (compiled FlexAttention) at Table 2, time and error.
 7. pytest: the GPU-relevant test files until the step's budget is spent.
@@ -294,13 +295,11 @@ def time_ms(fn, device: str) -> dict:
     return {"median_ms": times[1], "p20_ms": times[0], "p80_ms": times[2]}
 
 
-def graph_time_ms(fn, device: str) -> dict:
+def graph_time_ms(fn) -> dict:
     """The call captured once in a CUDA graph, its replays timed: the GPU's time without
     the host's launch overhead."""
     import torch
 
-    if device != "cuda":
-        return {"graph_status": "skipped", "graph_reason": "CUDA graphs need a GPU"}
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -310,7 +309,7 @@ def graph_time_ms(fn, device: str) -> dict:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    timed = time_ms(graph.replay, device)
+    timed = time_ms(graph.replay, "cuda")
     del graph
     return {"graph_status": "ok", "graph_median_ms": timed["median_ms"], "graph_p20_ms": timed["p20_ms"],
             "graph_p80_ms": timed["p80_ms"]}
@@ -452,9 +451,8 @@ def step_correctness(ctx: StepContext) -> None:
     import nlsa_triton as nt
 
     device = ctx.plan.device
-    # Variant by variant, tf32 last (the plans list it last): a launcher that reads the legacy
-    # allow_tf32 flag after torch's new precision API was used raises from then on, which must
-    # not be charged to the variants after it.
+    # Variant by variant: each dtype's compiles come together; tf32 (last in the plans) sets
+    # torch's precision for its own calls only.
     for variant in ctx.plan.variants:
         for index, case in enumerate(ctx.plan.cases):
             if variant not in (case.variants or ctx.plan.variants):
@@ -511,29 +509,44 @@ def step_ratios(ctx: StepContext) -> None:
 
     plan, device = ctx.plan, ctx.plan.device
     h, w, c = plan.table2
-    for dtype in plan.ratio_dtypes:
-        for mode in ("fwd", "fwd_bwd"):
-            for provider in plan.ratio_providers:
-                cfg = _config(provider, mode, h, w, c, plan.rounds, plan.chunk, dtype)
-                base = {"provider": provider, "mode": mode, "dtype": dtype, "size": f"{h}x{w}", "channels": c,
-                        "rounds": plan.rounds}
+    configs = [_config(provider, mode, h, w, c, plan.rounds, plan.chunk, dtype)
+               for dtype in plan.ratio_dtypes for mode in ("fwd", "fwd_bwd") for provider in plan.ratio_providers]
 
-                def measure(cfg=cfg):
-                    try:
-                        fn = providers.build(cfg, device)
-                    except harness.Skip as skip:
-                        return {"status": "skipped", "reason": str(skip)}
-                    fn()  # compiles, or fails before anything is timed
-                    sync(device)
-                    result = time_ms(fn, device)
-                    try:
-                        result.update(graph_time_ms(fn, device))
-                    except Exception as exc:  # noqa: BLE001 - a call that cannot be captured
-                        result.update(graph_status="error", graph_reason=short_reason(exc))
-                    harness.free_cuda()
-                    return result
+    def built(cfg):
+        fn = providers.build(cfg, device)
+        fn()  # compiles, or fails before anything is timed
+        sync(device)
+        return fn
 
-                run_item(ctx, base, measure)
+    def plain(cfg):
+        try:
+            fn = built(cfg)
+        except harness.Skip as skip:
+            return {"status": "skipped", "reason": str(skip)}
+        result = time_ms(fn, device)
+        del fn
+        harness.free_cuda()
+        return result
+
+    for cfg in configs:
+        base = {"provider": cfg.provider, "mode": cfg.mode, "dtype": cfg.dtype, "size": f"{h}x{w}", "channels": c,
+                "rounds": plan.rounds}
+        run_item(ctx, base, lambda cfg=cfg: plain(cfg))
+    # The CUDA graphs after every plain time: a call that cannot be captured (a host
+    # synchronisation inside it) must not cost the plain times that follow it.
+    for cfg, item in zip(configs, list(ctx.result["items"])):
+        if device != "cuda":
+            item.update(graph_status="skipped", graph_reason="CUDA graphs need a GPU")
+            continue
+        if item["status"] != "ok" or ctx.out_of_time():
+            item.update(graph_status="skipped", graph_reason=item.get("reason") or "step budget spent")
+            continue
+        try:
+            item.update(graph_time_ms(built(cfg)))
+        except Exception as exc:  # noqa: BLE001 - recorded; the next configuration is tried
+            item.update(graph_status="error", graph_reason=short_reason(exc))
+        harness.free_cuda()
+        ctx.save()
     _add_ratios(ctx.result["items"])
     ctx.save()
 
@@ -574,6 +587,73 @@ def profile_group(name: str) -> str:
     return "other"
 
 
+TRITON_RANGE = "triton "
+
+
+@contextlib.contextmanager
+def labelled_launches():
+    """Each Triton launch in the block runs inside a profiler range named after its kernel
+    and the boolean flags it was launched with that are on (e.g. EXACT_NONFINITE): the
+    profiler names a Triton kernel by its function alone, and the exact non-finite launch
+    is a specialisation of the forward kernel."""
+    import torch
+    from triton.runtime.jit import JITFunction
+
+    classes = [JITFunction]
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        classes.append(InterpretedFunction)
+    except ImportError:
+        pass
+    originals = {cls: cls.run for cls in classes}
+
+    def labelled(original):
+        def run(self, *args, grid, warmup, **kwargs):
+            flags = [name for name, value in kwargs.items() if value is True]
+            with torch.profiler.record_function(" ".join([TRITON_RANGE + self.fn.__name__, *flags])):
+                return original(self, *args, grid=grid, warmup=warmup, **kwargs)
+        return run
+
+    try:
+        for cls, original in originals.items():
+            cls.run = labelled(original)
+        yield
+    finally:
+        for cls, original in originals.items():
+            cls.run = original
+
+
+def profile_rows(averages, calls: int, gpu: bool) -> list:
+    """(name, ms per call, launches per call): each Triton launch kind (its range's time,
+    the kernel included) and, on the GPU, every other kernel, copy and fill (the device's
+    own events; a CPU op's "self" device time would count its kernels twice); on the CPU
+    the aten ops, whose times overlap the ranges' (the interpreter: not a measurement)."""
+    from torch.autograd import DeviceType
+
+    def device_us(event, total: bool) -> float:
+        value = getattr(event, "device_time_total" if total else "self_device_time_total", None)
+        return value if value is not None else getattr(event, "cuda_time_total" if total else "self_cuda_time_total")
+
+    ranges = [e for e in averages if e.key.startswith(TRITON_RANGE)]
+    # Kernels correlate with the innermost CPU range at their launch; where that failed
+    # (no device time in any range), the Triton kernels are counted by name instead.
+    by_range = not gpu or sum(device_us(e, True) for e in ranges) > 0
+    triton_kernels = {e.key[len(TRITON_RANGE):].split()[0] for e in ranges}
+    rows = []
+    for event in averages:
+        if event.key.startswith(TRITON_RANGE):
+            us = (device_us(event, True) if gpu else event.cpu_time_total) if by_range else 0
+        elif gpu:
+            on_device = getattr(event, "device_type", None) == DeviceType.CUDA
+            us = device_us(event, False) if on_device and not (by_range and event.key in triton_kernels) else 0
+        else:
+            us = event.self_cpu_time_total if event.key.startswith("aten::") else 0
+        if us > 0:
+            rows.append((event.key, us / 1e3 / calls, event.count / calls))
+    return sorted(rows, key=lambda row: -row[1])
+
+
 def step_profile(ctx: StepContext) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -589,6 +669,7 @@ def step_profile(ctx: StepContext) -> None:
     rotations = nt.random_rotations(c // 4, plan.rounds, nt.num_buckets(h * w, plan.chunk), generator=gen,
                                     device=device)
     calls = 10 if device == "cuda" else 1
+    gpu = device == "cuda"
 
     def step():
         x.grad = y.grad = None
@@ -598,37 +679,27 @@ def step_profile(ctx: StepContext) -> None:
     def measure():
         step()  # compiled (prewarm) and warm
         sync(device)
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-        with profile(activities=activities) as prof:
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+        with profile(activities=activities) as prof, labelled_launches():
             for _ in range(calls):
                 step()
             sync(device)
         averages = prof.key_averages()
-        gpu = device == "cuda"
-        attribute = "self_device_time_total" if gpu else "self_cpu_time_total"
         try:
-            table = averages.table(sort_by=attribute, row_limit=40)
-        except Exception:  # noqa: BLE001 - older torch names the column after CUDA
-            table = averages.table(sort_by="self_cuda_time_total", row_limit=40)
+            table = averages.table(sort_by="device_time_total" if gpu else "cpu_time_total", row_limit=50)
+        except Exception:  # noqa: BLE001 - a torch that still names device time after CUDA
+            table = averages.table(sort_by="cuda_time_total", row_limit=50)
         (ctx.work / "profile.txt").write_text(table)
-        groups, kernels = {}, []
-        for event in averages:
-            us = getattr(event, attribute, None)
-            if us is None:
-                us = getattr(event, "self_cuda_time_total", 0)
-            # On the GPU only kernels and memory operations carry device time; on the CPU
-            # count the leaf ops (aten:: with self time).
-            if us <= 0 or (not gpu and not event.key.startswith("aten::")):
-                continue
-            group = profile_group(event.key)
-            groups[group] = groups.get(group, 0.0) + us / 1e3 / calls
-            kernels.append({"name": event.key, "group": group, "ms_per_call": us / 1e3 / calls,
-                            "count_per_call": event.count / calls})
-        kernels.sort(key=lambda k: -k["ms_per_call"])
-        return {"what": f"nlsa triton forward+backward, {h}x{w}, c {c}, R {plan.rounds}, float32, "
-                        f"{calls} calls", "time": "GPU (device) time" if gpu else "CPU self time (interpreter)",
+        rows = profile_rows(averages, calls, gpu)
+        groups = {}
+        for name, ms, _ in rows:
+            group = profile_group(name)
+            groups[group] = groups.get(group, 0.0) + ms
+        return {"what": f"nlsa triton forward+backward, {h}x{w}, c {c}, R {plan.rounds}, float32, {calls} calls",
+                "time": "GPU time" if gpu else "CPU time in the interpreter (not a measurement)",
                 "groups_ms_per_call": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
-                "kernels": kernels[:25]}
+                "launches": [{"name": name, "group": profile_group(name), "ms_per_call": ms, "count_per_call": n}
+                             for name, ms, n in rows[:30]]}
 
     run_item(ctx, {"profile": "nlsa_triton fwd_bwd"}, measure)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from types import SimpleNamespace
 import sys
 import tarfile
 import time
@@ -68,6 +69,7 @@ def test_dry_run_summary(dry_run):
             assert row["graph_status"] == "skipped"
     profile = steps["profile"]["items"][0]
     assert profile["status"] == "ok" and sum(profile["groups_ms_per_call"].values()) > 0
+    assert any(row["name"].startswith(gpu_check.TRITON_RANGE) for row in profile["launches"])
     flex = [i for i in steps["flex"]["items"] if "err_out" in i]
     assert flex and flex[0]["status"] == "pass"
     assert steps["pytest"]["counts"] == {"passed": 1}
@@ -105,3 +107,27 @@ def test_items_past_the_deadline_are_skipped_and_errors_recorded(tmp_path):
 ])
 def test_profile_groups(name, group):
     assert gpu_check.profile_group(name) == group
+
+
+def _event(key, device_type, total=0.0, self_time=0.0, count=2):
+    return SimpleNamespace(key=key, device_type=device_type, device_time_total=total,
+                           self_device_time_total=self_time, cpu_time_total=0.0, self_cpu_time_total=0.0,
+                           count=count)
+
+
+def test_profile_rows_on_the_gpu_count_each_kernel_once():
+    """Triton launches through their ranges (the kernel event itself not again), other
+    kernels through the device's events, never a CPU op's "self" device time."""
+    from torch.autograd import DeviceType
+
+    cpu, cuda = DeviceType.CPU, DeviceType.CUDA
+    events = [_event("triton _fwd_kernel EXACT_NONFINITE", cpu, total=300.0),
+              _event("_fwd_kernel", cuda, self_time=300.0),
+              _event("aten::sort", cpu, total=50.0, self_time=50.0),
+              _event("void radixSortKernel", cuda, self_time=50.0)]
+    rows = gpu_check.profile_rows(events, calls=2, gpu=True)
+    assert rows == [("triton _fwd_kernel EXACT_NONFINITE", 0.15, 1.0), ("void radixSortKernel", 0.025, 1.0)]
+    # Kernels not correlated with the ranges (no device time there): counted by name.
+    events[0].device_time_total = 0.0
+    rows = gpu_check.profile_rows(events, calls=2, gpu=True)
+    assert rows == [("_fwd_kernel", 0.15, 1.0), ("void radixSortKernel", 0.025, 1.0)]

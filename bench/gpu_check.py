@@ -11,17 +11,18 @@ that poisons the context, or a step past its budget does not stop the next one):
 1. prewarm: every Triton specialisation the later steps launch, recorded on the CPU
    (bench/kernel_launches.py) and compiled in parallel, one process per core, into the
    Triton cache the later steps read (compiling is what costs the time on a cold machine).
-2. correctness: fp32, tf32, fp16, bf16; forward and backward of ``nlsa(backend="triton")``
+2. correctness: fp32, fp16, bf16, tf32; forward and backward of ``nlsa(backend="triton")``
    against the float64 reference on the same device, in the order the Triton hash chose;
-   Table 2 (d 16, c 64) and NLSN (d 64, c 256) widths; L = 150² and 577 (neither a multiple
-   of 144 nor 64), N 2, R 4, chunk 144; every uninitialised allocation NaN-poisoned.
+   Table 2 (d 16, c 64) and NLSN (d 64, c 256) widths at L = 150² (neither a multiple of
+   144 nor of 64), and L = 577 (padding 143) in fp32; N 2, R 4, chunk 144; every
+   uninitialised allocation NaN-poisoned; a summary as soon as it ends.
 3. ratios: Table 2 (150², R 4, c 64, N 1) of nlsa_triton against the torch backend, the
    reference and SDPA full attention, plain (do_bench median) and as a CUDA-graph replay
    (GPU time alone, no host).
 4. profile: torch.profiler's GPU time by launch (each Triton launch in a range named
    after its kernel and its flags, so the exact non-finite launch shows), grouped (hash,
    sort, staging, attention forward, exact path, backward, fold, ...).
-5. memory: peak allocated at 600² (fp32, c 64 and 256) and 2048² (fp16, bf16, c 64).
+5. memory: peak allocated at 600² (fp32, c 64 and 256) and 2048² (bf16, c 64).
 6. flex: bench/nlsa_flex.py (compiled FlexAttention) at Table 2, time and error.
 7. pytest: the GPU-relevant test files until the step's budget is spent.
 

@@ -234,8 +234,9 @@ class CompileCounter:
 class StepContext:
     """What a step function gets: the plan, its deadline, and a result saved after each item."""
 
-    def __init__(self, name: str, work: Path, deadline: float, plan: Plan, dry: bool):
+    def __init__(self, name: str, work: Path, deadline: float, plan: Plan, dry: bool, counter=None):
         self.name, self.work, self.deadline, self.plan, self.dry = name, work, deadline, plan, dry
+        self.counter = counter  # a CompileCounter: its counts go with every save
         self.result = {"step": name, "status": "running", "items": [], "notes": []}
         self.save()
 
@@ -255,6 +256,8 @@ class StepContext:
         self.save()
 
     def save(self) -> None:
+        if self.counter is not None:
+            self.result["compiles"] = self.counter.report()
         write_atomic(self.work / f"{self.name}.json", json.dumps(self.result, indent=1, default=str).encode())
 
 
@@ -860,8 +863,7 @@ def run_step(name: str, work: Path, deadline: float, dry: bool) -> int:
     """The body of a step's process."""
     sys.path.insert(0, str(BENCH))
     plan = DRY_PLAN if dry else GPU_PLAN
-    ctx = StepContext(name, work, deadline, plan, dry)
-    counter = CompileCounter() if name != "prewarm" and not dry else None
+    ctx = StepContext(name, work, deadline, plan, dry, CompileCounter() if name != "prewarm" and not dry else None)
     try:
         STEP_FUNCTIONS[name](ctx)
         ctx.result["status"] = step_status(ctx.result)
@@ -871,8 +873,6 @@ def run_step(name: str, work: Path, deadline: float, dry: bool) -> int:
         traceback.print_exc()
         ctx.result["status"] = "error"
         ctx.result["reason"] = short_reason(exc)
-    if counter is not None:
-        ctx.result["compiles"] = counter.report()
     ctx.save()
     return 0
 
@@ -924,7 +924,7 @@ def summary_markdown(env: dict, steps: list, total_s: float) -> str:
              "", f"device: {env.get('gpu') or 'cpu'} {env.get('capability', '')}; torch {env.get('torch')}, "
                  f"triton {env.get('triton')}, python {env.get('python')}, commit {env.get('commit')}; "
                  f"{total_s:.0f} s in all", "",
-             "| step | status | seconds (budget) | items ok / fail / skipped | JIT specialisations (new in cache) |",
+             "| step | status | seconds (budget) | items ok / fail / skipped | JIT specialisations: cache hits, compiled |",
              "|---|---|---:|---|---|"]
     for s in steps:
         items = s.get("items", [])
@@ -932,7 +932,8 @@ def summary_markdown(env: dict, steps: list, total_s: float) -> str:
         bad = sum(i.get("status") in ("fail", "failed", "error", "oom") for i in items)
         skipped = sum(i.get("status") == "skipped" for i in items)
         comp = s.get("compiles") or {}
-        compiles = f"{comp['jit_specialisations']} ({comp['triton_cache_new_entries']})" if comp else "-"
+        compiles = (f"{comp['jit_specialisations']}: {comp['triton_cache_hits']} hits, "
+                    f"{comp['triton_cache_new_entries']} compiled ({comp['jit_seconds']:.0f} s)") if comp else "-"
         if "counts" in s:
             ok, bad, skipped = (s["counts"].get("passed", 0), s["counts"].get("failed", 0)
                                 + s["counts"].get("error", 0), s["counts"].get("skipped", 0))

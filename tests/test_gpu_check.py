@@ -3,7 +3,9 @@ interpreter) leaves at most 8 files, an archive of every step and a summary; a s
 its budget is killed and the run goes on."""
 from __future__ import annotations
 
+import ast
 import json
+import os
 import subprocess
 from types import SimpleNamespace
 import sys
@@ -131,3 +133,44 @@ def test_profile_rows_on_the_gpu_count_each_kernel_once():
     events[0].device_time_total = 0.0
     rows = gpu_check.profile_rows(events, calls=2, gpu=True)
     assert rows == [("_fwd_kernel", 0.15, 1.0), ("void radixSortKernel", 0.025, 1.0)]
+
+
+JIT_PATH_SCRIPT = """
+import os, sys
+sys.path[:0] = [{root!r}, {bench!r}]
+import torch, gpu_check, kernel_launches
+from triton.backends.compiler import GPUTarget
+from triton.runtime import driver
+import nlsa_triton as nt
+from nlsa_triton import _ops
+
+plan = gpu_check.dataclasses.replace(gpu_check.DRY_PLAN, variants=("fp32",), memory=(), ratio_dtypes=())
+launch = next(l for l in gpu_check.record_plan(plan)["launches"] if l.kernel_name == "_lsh_hash_kernel")
+gpu_check._compile_one((launch.kernel.fn.__module__, launch.kernel_name, launch.signature, launch.constexprs,
+                        launch.attrs, dict(launch.compile_options.__dict__), 90))
+counter = gpu_check.CompileCounter()
+driver.set_active(kernel_launches._TargetDriver(GPUTarget("cuda", 90, 32)))
+case = plan.cases[0]
+gen = torch.Generator().manual_seed(0)
+x = torch.randn(case.n, case.length, case.d, generator=gen)
+rotations = nt.random_rotations(case.d, case.rounds, nt.num_buckets(case.length, case.chunk), generator=gen)
+try:
+    _ops.lsh_hash(x, rotations)  # the JIT compiles (here: finds) the kernel, then cannot launch it
+except AttributeError:
+    pass
+print("REPORT", counter.report())
+"""
+
+
+def test_prewarmed_kernels_are_cache_hits_through_the_jit(tmp_path):
+    """What the prewarm compiles is what the JIT's own path (run -> _do_compile -> compile)
+    finds in the cache, and the step's counter says so: one specialisation, a hit."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    script = JIT_PATH_SCRIPT.format(root=str(ROOT), bench=str(ROOT / "bench"))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    report = [line for line in proc.stdout.splitlines() if line.startswith("REPORT")]
+    assert report, proc.stdout[-2000:] + proc.stderr[-3000:]
+    counts = ast.literal_eval(report[0][len("REPORT "):])
+    assert counts["jit_specialisations"] == 1 and counts["triton_cache_hits"] == 1
+    assert counts["triton_cache_new_entries"] == 0

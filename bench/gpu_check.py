@@ -905,9 +905,11 @@ def environment(dry: bool) -> dict:
         info["gpu"] = None
     try:
         info["commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"],
-                                        capture_output=True, text=True, timeout=10).stdout.strip()
+                                        capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         info["commit"] = None
+    # A copy of the tree without its .git (as a lent machine gets it) is told its commit.
+    info["commit"] = info["commit"] or os.environ.get("GPU_CHECK_COMMIT")
     return info
 
 

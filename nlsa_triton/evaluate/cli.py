@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="folder for metrics.csv and the tables")
     p.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/transposes (EDSR's x8)")
     p.add_argument("--save-images", action="store_true", help="write the SR images to OUT/<set>/<name>_x<S>_SR.png")
+    p.add_argument("--tile", type=int, default=0, metavar="PX",
+                   help="run in PX x PX tiles of the LR image (10-pixel margins); 0 (default): whole images, "
+                        "tiles only after an out-of-memory error")
     p.add_argument("--seed", type=int, default=0, help="seed of NLSA's rotations for every image (default 0)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="float16/bfloat16 need CUDA")
@@ -129,14 +132,17 @@ def benchmark(args) -> list[ImageResult]:
     for name, entries in images.items():
         for image in entries:
             result, sr = measure(model, name, image, args.scale, model.rgb_range, device=device, dtype=dtype,
-                                 self_ensemble=args.self_ensemble, seed=args.seed, read_image=read_image, log=_log)
+                                 self_ensemble=args.self_ensemble, seed=args.seed, tile=args.tile or None,
+                                 read_image=read_image, log=_log)
             results.append(result)
             if args.save_images:
                 folder = args.out / name
                 folder.mkdir(parents=True, exist_ok=True)
                 write_image(sr, folder / f"{image.name}_x{args.scale}_SR.png", model.rgb_range)
             if not args.quiet:
-                tiled = f", in tiles of {result.tile} px after running out of memory" if result.tile else ""
+                fell_back = result.tile and result.tile != args.tile
+                tiled = (f", in tiles of {result.tile} px after running out of memory" if fell_back
+                         else f", in tiles of {result.tile} px" if result.tile else "")
                 _log(f"{name}/{image.name}: PSNR-Y {result.psnr_y:.3f} dB, SSIM-Y {result.ssim_y:.4f}, "
                      f"{result.seconds:.2f} s{tiled}")
     return results
@@ -176,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give either --sr/--hr (metrics only) or --weights/--data (run a checkpoint), not both")
     if not metrics_mode and (args.weights is None or args.data is None):
         parser.error("--weights and --data are required (or --sr and --hr for the metrics alone)")
+    if args.tile < 0:
+        parser.error(f"--tile must be >= 0, got {args.tile}")
     if args.save_images and args.out is None:
         parser.error("--save-images needs --out")
     try:

@@ -97,20 +97,21 @@ def _run(model, lr: torch.Tensor, tile: int | None, seed: int | None, log) -> tu
             current = tile or max(lr.shape[-2:])
             tile = 1 << max(0, math.ceil(math.log2(current)) - 1)
             if tile < MIN_AUTO_TILE:
-                raise EvaluationError(f"out of memory on {lr.device} even in tiles of {2 * tile} pixels") from e
+                raise EvaluationError(f"out of memory on {lr.device} even in tiles of {current} pixels") from e
             log(f"out of memory on {lr.device}; retrying in tiles of {tile} x {tile} LR pixels (pad 10)")
 
 
 def super_resolve(model, lr: torch.Tensor, *, self_ensemble: bool = False, seed: int | None = None,
-                  log=print) -> tuple[torch.Tensor, int | None]:
-    """(1, 3, h, w) -> ((1, 3, s*h, s*w), the tile size the memory fallback fell back to or None).
+                  tile: int | None = None, log=print) -> tuple[torch.Tensor, int | None]:
+    """(1, 3, h, w) -> ((1, 3, s*h, s*w), the tile size used: ``tile``, the one the memory
+    fallback came down to, or None for the whole image).
 
     With ``self_ensemble``, the mean of the outputs of the 8 flips and transposes, each
     undone (EDSR's ``forward_x8``); every pass draws its rotations from a generator seeded
     with ``seed`` (when given)."""
     if not self_ensemble:
-        return _run(model, lr, None, seed, log)
-    total, tile = None, None
+        return _run(model, lr, tile, seed, log)
+    total = None
     for i, x in enumerate(_transforms(lr)):
         y, used = _run(model, x, tile, seed, log)
         tile = used or tile
@@ -149,7 +150,8 @@ def _peak_mb(device: torch.device) -> float:
 
 def measure(model, set_name: str, image: BenchmarkImage, scale: int, rgb_range: float, *,
             device: torch.device, dtype: torch.dtype = torch.float32, self_ensemble: bool = False,
-            seed: int | None = None, read_image, log=print) -> tuple[ImageResult, torch.Tensor]:
+            seed: int | None = None, tile: int | None = None, read_image,
+            log=print) -> tuple[ImageResult, torch.Tensor]:
     """Super-resolve one benchmark image and measure it: (result, quantised SR on the CPU)."""
     lr = read_image(image.lr, rgb_range)
     hr = read_image(image.hr, rgb_range)
@@ -162,7 +164,7 @@ def measure(model, set_name: str, image: BenchmarkImage, scale: int, rgb_range: 
     started = time.perf_counter()
     with torch.no_grad():
         sr, tile = super_resolve(model, lr.to(device=device, dtype=dtype), self_ensemble=self_ensemble,
-                                 seed=seed, log=log)
+                                 seed=seed, tile=tile, log=log)
         sr = quantize(sr.float().cpu(), rgb_range)
     seconds = time.perf_counter() - started
     result = ImageResult(set_name, image.name, psnr_y(sr, hr, scale, rgb_range=rgb_range),

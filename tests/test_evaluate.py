@@ -16,6 +16,11 @@ from nlsa_triton.models import NLSN  # noqa: E402
 from nlsa_triton.models.variants import build_model, load_model, model_config  # noqa: E402
 
 
+# The NLSA blocks on the torch backend: "auto" would pick Triton's CPU interpreter under the
+# tests' TRITON_INTERPRET=1, which takes seconds per block.
+TORCH = ["--backend", "torch"]
+
+
 def _save(array: np.ndarray, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array.astype(np.uint8)).save(path)
@@ -48,7 +53,7 @@ def test_benchmark_run_saves_images_csv_and_tables(tmp_path, capsys):
     _checkpoint(tmp_path / "model.pt")
     out = tmp_path / "out"
     assert main(["--weights", str(tmp_path / "model.pt"), "--data", str(tmp_path / "data"), "--sets", "Set5",
-                 "--scale", "2", "--out", str(out), "--save-images", "--seed", "3"]) == 0
+                 "--scale", "2", "--out", str(out), "--save-images", "--seed", "3", *TORCH]) == 0
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["image"] for r in rows] == ["img0", "img1"]
@@ -62,6 +67,17 @@ def test_benchmark_run_saves_images_csv_and_tables(tmp_path, capsys):
     table = (out / "Set5_x2.md").read_text()
     assert "| NLSN paper | 38.34 | 0.9618 |" in table and "**mean**" in table
     assert "Set5 x2: 2 images, PSNR-Y" in capsys.readouterr().out
+
+
+def test_tile_option_runs_in_tiles_and_records_it(tmp_path, capsys):
+    _benchmark(tmp_path / "data")
+    _checkpoint(tmp_path / "model.pt")
+    out = tmp_path / "out"
+    assert main(["--weights", str(tmp_path / "model.pt"), "--data", str(tmp_path / "data"), "--sets", "Set5",
+                 "--scale", "2", "--out", str(out), "--tile", "8", *TORCH]) == 0
+    with open(out / "metrics.csv") as f:
+        assert [r["tile"] for r in csv.DictReader(f)] == ["8", "8"]
+    assert "in tiles of 8 px" in capsys.readouterr().err
 
 
 def test_metrics_only_matches_names_and_crops_hr(tmp_path, capsys):
@@ -148,3 +164,23 @@ def test_load_model_reads_trainer_and_bare_nlsn_checkpoints(tmp_path):
     assert type(loaded) is type(model) and loaded.attention == "cc"
     torch.save(NLSN(2, n_feats=8, n_resblocks=1).state_dict(), tmp_path / "bare.pt")  # the authors' form
     assert isinstance(load_model(tmp_path / "bare.pt"), NLSN)
+
+
+def test_the_shipped_model_is_the_upscalers_default_and_beats_bicubic(tmp_path, capsys):
+    """The checkpoint in nlsa_triton/weights: the upscaler takes it without --weights (and
+    says so), and on a crop of a held-out photo (grace_hopper, which it was not trained on)
+    it is closer to the original than bicubic upscaling."""
+    from nlsa_triton.pretrained import SHIPPED_WEIGHTS
+    from nlsa_triton.train.data import downscale, load_rgb
+    from nlsa_triton.upscale.cli import main as upscale
+
+    matplotlib_cbook = pytest.importorskip("matplotlib.cbook")
+    hr = load_rgb(matplotlib_cbook.get_sample_data("grace_hopper.jpg"))[:, 200:296, 220:316]  # face and collar
+    lr = downscale(hr, 2)
+    _save(lr.permute(1, 2, 0).numpy(), tmp_path / "lr.png")
+    assert upscale([str(tmp_path / "lr.png"), str(tmp_path / "sr.png"), "--seed", "0", "--device", "cpu", *TORCH]) == 0
+    assert f"no --weights given: using the small NLSN x2 shipped with nlsa_triton ({SHIPPED_WEIGHTS.name}" \
+        in capsys.readouterr().err
+    sr = _read(tmp_path / "sr.png")
+    bicubic = F.interpolate(lr[None].double(), scale_factor=2, mode="bicubic").clamp(0, 255).round()
+    assert psnr_y(sr, hr, 2) > psnr_y(bicubic, hr, 2) + 0.3

@@ -22,8 +22,9 @@ from nlsa_triton.train.data import downscale, load_rgb  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 # A network of two NLSA blocks (one opens the body, one follows the 8th residual block)
 # would cost seconds an iteration; one residual block keeps each iteration to milliseconds.
+# The torch backend: "auto" would run Triton's CPU interpreter under the tests' TRITON_INTERPRET=1.
 TINY = ["--n-feats", "8", "--n-resblocks", "1", "--n-hashes", "2", "--chunk-size", "8", "--patch-size", "12",
-        "--batch-size", "2", "--lr", "1e-3", "--log-every", "1", "--quiet"]
+        "--batch-size", "2", "--lr", "1e-3", "--log-every", "1", "--quiet", "--backend", "torch"]
 
 
 def _photos(folder: Path, sizes=((20, 24), (18, 30), (26, 22))) -> Path:
@@ -95,7 +96,8 @@ def test_checkpoint_loads_in_nlsn_and_the_upscaler(tmp_path):
     from nlsa_triton.upscale.cli import main as upscale
 
     out = tmp_path / "up.png"
-    assert upscale([str(data / "p0.png"), str(out), "--weights", str(save / "model.pt"), "--quiet"]) == 0
+    assert upscale([str(data / "p0.png"), str(out), "--weights", str(save / "model.pt"), "--quiet",
+                    "--backend", "torch"]) == 0
     assert Image.open(out).size == (48, 40)
 
 

@@ -5,7 +5,7 @@ blocks, two NLSA blocks; 0.2 M parameters) trained on the CPU with ``python -m
 nlsa_triton.train`` on three public-domain / CC0 photographs from scikit-image's data
 module (astronaut, coffee, rocket), holding out chelsea (scikit-image) and grace_hopper
 (matplotlib). It is a working demonstration, far from the paper's NLSN (trained on DIV2K
-at 44 M parameters): docs/training.md gives its held-out PSNR-Y / SSIM-Y against bicubic
+at 41.8 M parameters): docs/training.md gives its held-out PSNR-Y / SSIM-Y against bicubic
 and the commands that trained it. Give ``--weights`` for real work.
 """
 from __future__ import annotations

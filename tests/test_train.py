@@ -157,3 +157,19 @@ def test_torchrun_two_cpu_processes(tmp_path):
     with open(tmp_path / "ddp" / "log.csv") as f:
         assert [int(r["iter"]) for r in csv.DictReader(f)] == [1, 2, 3]
     assert "2 process(es) on cpu" in done.stderr
+
+
+def test_table1_variants_share_the_backbone_and_the_attention_places():
+    from nlsa_triton.baselines import CrissCrossAttention, NonLocalAttention
+    from nlsa_triton.models.edsr import ResBlock
+    from nlsa_triton.models.variants import build_model
+    from nlsa_triton.modules import NonLocalSparseAttention
+
+    kinds = {"edsr-nla": NonLocalAttention, "edsr-cc": CrissCrossAttention, "edsr-nlsa": NonLocalSparseAttention}
+    bodies = {arch: list(build_model(arch, 2, n_feats=16, n_resblocks=17).body) for arch in ("edsr", *kinds)}
+    assert type(build_model("edsr-nlsa", 2, n_feats=16, n_resblocks=1)) is NLSN  # edsr-nlsa is NLSN
+    for arch, kind in kinds.items():
+        # NLSN's places: opening the body and after the 8th and 16th residual blocks.
+        assert [i for i, m in enumerate(bodies[arch]) if isinstance(m, kind)] == [0, 9, 18]
+        assert [type(m) for m in bodies[arch] if not isinstance(m, kind)] == [type(m) for m in bodies["edsr"]]
+    assert sum(isinstance(m, ResBlock) for m in bodies["edsr"]) == 17 and len(bodies["edsr"]) == 18

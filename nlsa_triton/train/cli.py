@@ -129,9 +129,23 @@ class SampleStream:
             self._epoch, self._order = epoch, list(self.sampler)
         return self._order[k % self.per_epoch], _seed(self.seed, self.rank, k)
 
-    def batches(self, start: int, stop: int):
-        for i in range(start, stop):
-            yield [self._at(k) for k in range(i * self.batch, (i + 1) * self.batch)]
+    def batches(self, start: int, stop: int) -> "_Batches":
+        """Batches ``start`` to ``stop - 1``, made as the loader asks for them (a million
+        iterations' keys would take gigabytes)."""
+        return _Batches(self, start, stop)
+
+
+class _Batches:
+    def __init__(self, stream: SampleStream, start: int, stop: int):
+        self.stream, self.start, self.stop = stream, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self):
+        b = self.stream.batch
+        for i in range(self.start, self.stop):
+            yield [self.stream._at(k) for k in range(i * b, (i + 1) * b)]
 
 
 def _collate(samples):
@@ -259,7 +273,7 @@ class Run:
         per_rank = a.batch_size // self.world
         stream = SampleStream(len(self.pairs), per_rank, a.seed, self.rank, self.world)
         dataset = PatchDataset(self.pairs, a.scale, a.patch_size, a.rgb_range, cache=a.cache)
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=list(stream.batches(self.iteration, a.iters)),
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=stream.batches(self.iteration, a.iters),
                                              num_workers=a.workers, collate_fn=_collate,
                                              persistent_workers=False)
         log_path = a.save / LOG

@@ -492,7 +492,6 @@ def test_contradicting_ext_and_output_file(files, capsys):
 @pytest.mark.parametrize("argv", [
     ["{png}", "{out}", "--weights", "{weights}", "--tile", "-1"],
     ["{png}", "{out}", "--weights", "{weights}", "--outscale", "0"],
-    ["{png}", "{out}"],  # --weights is required
     ["{png}", "-i", "{png}", "--weights", "{weights}"],  # the input given twice
     ["{png}", "{out}", "-o", "{out}", "--weights", "{weights}"],  # the output given twice
     ["--weights", "{weights}"],  # no input

@@ -12,6 +12,7 @@ import torch
 from .._backend import BACKENDS, resolve_backend
 from .._oom import is_out_of_memory
 from ..models import NLSN
+from ..pretrained import resolve_weights
 from . import paths, progress
 from .errors import UpscaleError
 from .images import FORMAT_NAMES, output_pixels, read_image, require_pillow, write_image
@@ -55,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--input", type=Path, help="an image, or a folder of images (not its subfolders)")
     p.add_argument("-o", "--output", type=Path,
                    help=f"output folder (default {DEFAULT_OUTPUT}/), or an output file for a single input")
-    p.add_argument("--weights", type=Path, required=True,
-                   help="NLSN checkpoint: .pt/.pth (bare or wrapped state_dict) or .safetensors")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="NLSN checkpoint: .pt/.pth (bare or wrapped state_dict) or .safetensors "
+                        "(default: the small x2 model shipped with the package, nlsa_triton.pretrained)")
     p.add_argument("--suffix", default=DEFAULT_SUFFIX,
                    help=f"outputs in a folder are named <name>_<suffix>.<ext> (default {DEFAULT_SUFFIX!r}; "
                         "'' for <name>.<ext>)")
@@ -107,6 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("an input is required: -i/--input FILE_OR_FOLDER (or IN)")
     if args.output is None:
         args.output = Path(DEFAULT_OUTPUT)
+    args.weights = resolve_weights(args.weights, quiet=args.quiet)
     return args
 
 

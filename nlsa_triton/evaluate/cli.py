@@ -30,7 +30,7 @@ import torch
 from .._backend import BACKENDS
 from ..metrics import psnr_y, ssim_y
 from ..upscale.errors import UpscaleError
-from ..upscale.images import IMAGE_FORMATS, read_image, write_image
+from ..upscale.images import IMAGE_FORMATS, read_rgb, write_rgb
 from .core import EvaluationError, ImageResult, find_benchmark_set, measure
 
 #: NLSN (Mei et al., CVPR 2021), the quantitative comparison: Set5 PSNR-Y (dB) and SSIM-Y per scale.
@@ -96,7 +96,7 @@ def metrics_only(args) -> list[ImageResult]:
     results = []
     for hr_path in hrs:
         sr_path = _match_sr(args.sr, hr_path)
-        sr, hr = read_image(sr_path, 255), read_image(hr_path, 255)
+        sr, hr = read_rgb(sr_path, 255), read_rgb(hr_path, 255)
         (sh, sw), (hh, hw) = sr.shape[-2:], hr.shape[-2:]
         if not (0 <= hh - sh < args.scale and 0 <= hw - sw < args.scale):
             raise EvaluationError(f"{sr_path} is {sw}x{sh} but {hr_path} is {hw}x{hh} (the HR image may exceed "
@@ -133,12 +133,12 @@ def benchmark(args) -> list[ImageResult]:
         for image in entries:
             result, sr = measure(model, name, image, args.scale, model.rgb_range, device=device, dtype=dtype,
                                  self_ensemble=args.self_ensemble, seed=args.seed, tile=args.tile or None,
-                                 read_image=read_image, log=_log)
+                                 read_image=read_rgb, log=_log)
             results.append(result)
             if args.save_images:
                 folder = args.out / name
                 folder.mkdir(parents=True, exist_ok=True)
-                write_image(sr, folder / f"{image.name}_x{args.scale}_SR.png", model.rgb_range)
+                write_rgb(sr, folder / f"{image.name}_x{args.scale}_SR.png", model.rgb_range)
             if not args.quiet:
                 fell_back = result.tile and result.tile != args.tile
                 tiled = (f", in tiles of {result.tile} px after running out of memory" if fell_back

@@ -252,13 +252,13 @@ class Run:
 
     def validate(self) -> float:
         from ..evaluate.core import measure
-        from ..upscale.images import read_image
+        from ..upscale.images import read_rgb
 
         self.model.eval()
         psnrs = []
         for name, images in self.val:
             results = [measure(self.model, name, image, self.args.scale, self.args.rgb_range, device=self.device,
-                               seed=self.args.seed, read_image=read_image, log=_log)[0] for image in images]
+                               seed=self.args.seed, read_image=read_rgb, log=_log)[0] for image in images]
             mean = sum(r.psnr_y for r in results) / len(results)
             _log(f"iter {self.iteration}: {name} x{self.args.scale} PSNR-Y {mean:.3f} dB, "
                  f"SSIM-Y {sum(r.ssim_y for r in results) / len(results):.4f}")

@@ -232,3 +232,16 @@ def resize(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
     if tensor.shape[-2:] == (height, width):
         return tensor
     return F.interpolate(tensor.float(), size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+
+
+def read_rgb(path: str | os.PathLike, rgb_range: float) -> torch.Tensor:
+    """An image file as a (1, 3, H, W) float32 tensor in [0, rgb_range] (gray replicated to
+    three channels, alpha dropped), as EDSR's benchmark loaders feed a network."""
+    return read_image(path).rgb * rgb_range
+
+
+def write_rgb(tensor: torch.Tensor, path: str | os.PathLike, rgb_range: float) -> None:
+    """(1, 3, H, W) in [0, rgb_range] -> an 8-bit RGB file (EDSR's quantisation: scale, clamp,
+    round), written atomically by ``write_image``."""
+    pixels = (tensor[0].float() * (255.0 / rgb_range)).clamp(0, 255).round().to(torch.uint8)
+    write_image(pixels.permute(1, 2, 0).cpu().numpy(), path)

@@ -135,13 +135,13 @@ def launch_counter() -> Iterator[Launches]:
 TABLE2 = dict(n=1, length=150 * 150, d=16, c=64, rounds=4, chunk=144)
 
 
-def table2_inputs(length: int = TABLE2["length"], requires_grad: bool = False):
+def table2_inputs(length: int = TABLE2["length"], requires_grad: bool = False, dtype: torch.dtype = torch.float32):
     import nlsa_triton as nt
 
     gen = torch.Generator().manual_seed(0)
     n, d, c, rounds, chunk = (TABLE2[k] for k in ("n", "d", "c", "rounds", "chunk"))
-    x = torch.randn(n, length, d, generator=gen).requires_grad_(requires_grad)
-    y = torch.randn(n, length, c, generator=gen).requires_grad_(requires_grad)
+    x = torch.randn(n, length, d, generator=gen).to(dtype).requires_grad_(requires_grad)
+    y = torch.randn(n, length, c, generator=gen).to(dtype).requires_grad_(requires_grad)
     rotations = nt.random_rotations(d, rounds, nt.num_buckets(length, chunk), generator=gen)
     return x, y, rotations
 

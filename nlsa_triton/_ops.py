@@ -89,6 +89,9 @@ def lsh_sort(x: Tensor, rotations: Tensor) -> Tensor:
     """x (N, L, d), rotations (d, R, B // 2) with B <= 128 -> perm (N, R, L) int32: the stable
     argsort of ``lsh_hash(x, rotations)`` along L."""
     n, length, _ = x.shape
+    if rotations.shape[2] > 64:
+        raise ValueError(f"lsh_sort takes at most 128 buckets (rotations (d, R, B // 2) with B // 2 <= 64), "
+                         f"got rotations of shape {tuple(rotations.shape)}")
     if n == 0 or length == 0:
         return torch.empty((n, rotations.shape[1], length), device=x.device, dtype=torch.int32)
     with _on_device(x):

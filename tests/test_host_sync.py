@@ -7,8 +7,8 @@ behind ``.item()``, ``bool()``, ``int()``; ``nonzero``, ``masked_select``, ``uni
 copies to the CPU), seen by a ``TorchDispatchMode`` that also looks inside the package's
 custom ops, and the Tensor methods that do it without the dispatcher on CPU tensors
 (``tolist``, ``numpy``, ``cpu``, ``item``, ``__bool__``, ...). A call counts when the
-innermost frame outside torch is the package's; Triton's own frames (its interpreter reads
-CPU tensors) do not count, since a compiled launch reads nothing back.
+innermost frame outside torch is the package's; calls from Triton's frames (its
+interpreter reads CPU tensors) do not count, since a compiled launch reads nothing back.
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import triton
 from torch._library import custom_ops
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -34,7 +33,6 @@ SYNCING_METHODS = ("tolist", "numpy", "cpu", "item", "__bool__", "__int__", "__f
 
 PACKAGE_DIRS = tuple(str(Path(module.__file__).resolve().parent) for module in (nt, nt.kernels))
 TORCH_DIR = str(Path(torch.__file__).resolve().parent)
-TRITON_DIR = str(Path(triton.__file__).resolve().parent)
 HERE = str(Path(__file__).resolve())
 
 
@@ -57,15 +55,19 @@ class _SyncingOps(TorchDispatchMode):
         super().__init__()
         self.found = found
 
+    @staticmethod
+    def _copies_to_cpu(func, args, kwargs) -> bool:
+        from_device = any(isinstance(a, torch.Tensor) and a.device.type != "cpu" for a in args)
+        if func == aten._to_copy.default:
+            return from_device and kwargs.get("device") == torch.device("cpu")
+        return func == aten.copy_.default and from_device and args[0].device.type == "cpu"
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func.namespace == "nlsa_triton":
             with self:
                 return custom_ops.OPDEFS[func._schema.name]._init_fn(*args, **kwargs)
-        to_cpu = func in (aten._to_copy.default, aten.copy_.default) and any(
-            isinstance(a, torch.Tensor) and a.device.type != "cpu" for a in args) and (
-            kwargs.get("device") == torch.device("cpu") or (func == aten.copy_.default and args[0].device.type == "cpu"))
-        if func in SYNCING_OPS or to_cpu:
+        if func in SYNCING_OPS or self._copies_to_cpu(func, args, kwargs):
             caller = _package_caller()
             if caller:
                 self.found.append(f"{func} from {caller}")

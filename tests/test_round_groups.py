@@ -6,7 +6,7 @@ import importlib
 import pytest
 import torch
 
-from conftest import assert_close, bucket_perm, make_inputs
+from conftest import HAS_GPU, assert_close, bucket_perm, make_inputs
 from nlsa_triton import _ops
 from nlsa_triton.kernels.chunk_tiles import GROUP_BYTES_MIN, round_group
 
@@ -43,3 +43,18 @@ def test_grouping_changes_nothing(monkeypatch, dtype, tol):
         assert torch.equal(out, whole[0]) and torch.equal(lse, whole[1]) and torch.equal(saved, whole[2])
         assert_close(f"dx, groups of {group}", dx, whole[3], tol)
         assert_close(f"dy, groups of {group}", dy, whole[4], tol)
+
+
+@pytest.mark.skipif(HAS_GPU, reason="traces the programs of Triton's interpreter (CPU runs only)")
+def test_later_groups_are_race_free(monkeypatch):
+    """The launches of a group after the first read the running sums (merge, fold): still no
+    element written by one program and touched by another (test_races.py's tracer)."""
+    from test_races import races, tracing_memory
+
+    x, y, gen = make_inputs(2, 16 * 3 + 5, 8, 24, seed=4)
+    perm = bucket_perm(2, 3, x.shape[1], gen)
+    with tracing_memory() as launches:
+        _run(monkeypatch, 2, x, y, perm, torch.randn(y.shape, generator=gen).to(y.device), 16)
+    assert {launch.kernel for launch in launches} >= {"_merge_rounds_kernel", "_fold_ring_grads_kernel"}
+    found = races(launches)
+    assert not found, "\n".join(found)

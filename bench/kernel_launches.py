@@ -243,6 +243,7 @@ def run_problem(problem: Problem, seed: int = 0) -> None:
     _, tf32 = VARIANTS[problem.variant]
     with _allow_tf32(tf32):
         _ops.lsh_hash(x, rotations)
+        _ops.lsh_sort(x, rotations)
         out, lse, out_fp32 = _ops.chunked_attention_fwd_op(x, y, perm, problem.chunk_size, "none", True)
         saved_out = out_fp32 if out_fp32.numel() else out
         _ops.chunked_attention_bwd_op(grad_out, x, y, perm, saved_out, lse, problem.chunk_size)

@@ -25,6 +25,11 @@ import torch
 import triton
 import triton.language as tl
 
+# Extra memory of a group of rounds (staged rows and per-round sums): at most the larger of
+# GROUP_OUTPUTS fp32 outputs and GROUP_BYTES_MIN, with one round per group at the least.
+GROUP_OUTPUTS = 2
+GROUP_BYTES_MIN = 256 * 2**20
+
 # Module-level constants inside @triton.jit must be constexpr.
 LOG2E = tl.constexpr(1.4426950408889634)
 KEY_NORM_EPS = tl.constexpr(5e-5)
@@ -64,6 +69,13 @@ class TileConfig:
 
     def options(self) -> dict:
         return dict(num_warps=self.num_warps, num_stages=self.num_stages)
+
+
+def round_group(rounds: int, bytes_per_round: int, output_bytes: int) -> int:
+    """Rounds per group (one launch each of staging and attention): as many as the budget
+    max(GROUP_OUTPUTS x ``output_bytes``, GROUP_BYTES_MIN) holds, at least one."""
+    budget = max(GROUP_OUTPUTS * output_bytes, GROUP_BYTES_MIN)
+    return max(1, min(rounds, budget // max(bytes_per_round, 1)))
 
 
 def padded_width(d: int) -> int:
@@ -110,6 +122,7 @@ def load_key_step(XS_n, YS_n, INV_n, rows, key_end, offs_d, offs_c, BLOCK_D: tl.
                   PADDED_C: tl.constexpr, MASKED: tl.constexpr):
     """Ring rows ``rows`` of x (keys), their key scales and their rows of y (values); a
     masked step reads zeros past ``key_end``."""
+    rows = rows.to(tl.int64)  # rows x PADDED_C passes 2^31 at 2048^2 and c > 256
     if MASKED:
         in_range = rows < key_end
         k = tl.load(XS_n + rows[:, None] * BLOCK_D + offs_d[None, :], mask=in_range[:, None], other=0.0)

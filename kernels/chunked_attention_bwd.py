@@ -12,19 +12,23 @@ candidates, P_ij = exp(s_ij - lse_i), so with out_i = sum_j P_ij y_j
 where the sums run over every (query, candidate) occurrence of every round (duplicates
 counted, as in the forward). x enters twice, as the query and, normalised, as the key.
 
-Per round, in sorted space (the ring layout of chunk_tiles, staged with dO, lse, delta):
+Per group of rounds (all R rounds in one group unless the image is huge: the forward's
+``round_group`` rule), in sorted space (the ring layout of chunk_tiles), one launch each:
 
-1. ``_chunked_attention_bwd_dq_kernel``: a program owns BLOCK_M consecutive query rows and
-   walks their key range as the forward does; it adds dq to dX[pixel] (a pixel is the query
-   of one program per round).
+0. ``stage_round``: the group's rows of x, y, dO, lse and delta = dO . out (computed there,
+   no (N, L, c) temporary) in ring order, and the sorted position of every pixel.
+1. ``_chunked_attention_bwd_dq_kernel``: a program owns BLOCK_M consecutive query rows of
+   one round and walks their key range as the forward does; it writes their dq in sorted
+   order (fp32).
 2. ``_chunked_attention_bwd_dkdv_kernel``: a program owns BLOCK_M consecutive ring rows
-   (keys): ring row e is a candidate of the query chunks e // K - 2 .. e // K, a contiguous
-   range of query rows, walked with the same end-masking. It writes dk and dy of its own
-   ring rows to fp32 ring-ordered buffers.
-3. ``_fold_ring_grads_kernel``: a program owns sorted positions and sums, in a fixed order,
-   the ring rows that hold each position's pixel (the position itself, its padding copy,
-   and the copies before and after the ring), applies the normalisation backward to dk and
-   adds the result to dX[pixel] and dY[pixel].
+   (keys) of one round: ring row e is a candidate of the query chunks e // K - 2 .. e // K,
+   a contiguous range of query rows, walked with the same end-masking. It writes dk and dy
+   of its own ring rows to fp32 ring-ordered buffers.
+3. ``_fold_ring_grads_kernel``: a program owns pixels and sums over the group's rounds, in
+   round order, dq at each pixel's sorted position and the dk, dy of the ring rows that
+   hold it (the position itself, its padding copy, and the copies before and after the
+   ring), applies the normalisation backward to dk (linear in dk, so once for the sum) and
+   adds the earlier groups' sums; the last group writes dX and dY in the inputs' dtypes.
 
 Every launch writes each element from one program only, and launches run in a fixed
 order: the gradients are deterministic, without atomics.
@@ -34,9 +38,9 @@ dtype for the tensor-core products and accumulate in fp32. delta is computed fro
 ``out`` as given: for half inputs an fp32 ``out`` (the forward's normalised accumulator)
 makes delta exact, which matters when the softmax is peaked (large ||x||).
 
-Extra memory: dX (N, L, d) and dY (N, L, c) in fp32 (the gradients themselves for fp32
-inputs), delta (N, L), the ring buffers of one round (x, y, dO, lse, delta) and the
-ring-ordered dk, dy of one round in fp32; no score tensor.
+Extra memory, per round of a group: the ring buffers (x, y, dO, lse, delta), the
+ring-ordered dk, dy and the sorted dq in fp32, the inverse permutation (N, L) int32; with
+more than one group, fp32 running sums of dX and dY for half inputs; no score tensor.
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ import triton
 import triton.language as tl
 
 from .chunk_tiles import (KEY_NORM_EPS, LOG2E, RingLayout, TileConfig, dot_precision, load_key_step,
-                          padded_width, row_tile, step_rows, unmasked_steps)
+                          padded_width, round_group, row_tile, step_rows, unmasked_steps)
 from .stage_round import RingBuffers
 
 
@@ -69,9 +73,8 @@ def _dq_step(dq, q, do, lse2, delta, q_first_key, XS_n, YS_n, INV_n, e0, key_end
 
 @triton.jit
 def _chunked_attention_bwd_dq_kernel(
-    XS, YS, INV_NORM, DOS, LSE_S, DELTA_S, PERM, DX,
-    stride_pn, stride_pr, stride_dxn, stride_dxl,
-    round_index, is_first_round, length, ring_rows, d,
+    XS, YS, INV_NORM, DOS, LSE_S, DELTA_S, DQ,
+    length, ring_rows,
     CHUNK,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -79,8 +82,9 @@ def _chunked_attention_bwd_dq_kernel(
     PADDED_C: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
+    """dq of BLOCK_M query rows of one (round, image) pair, written in sorted order."""
     pid_m = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(1).to(tl.int64)  # g * N + n
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -90,10 +94,10 @@ def _chunked_attention_bwd_dq_kernel(
     first_chunk = (pid_m * BLOCK_M) // CHUNK
     last_chunk = (tl.minimum(pid_m * BLOCK_M + BLOCK_M, length) - 1) // CHUNK
 
-    XS_n = XS + n * ring_rows * BLOCK_D
-    YS_n = YS + n * ring_rows * PADDED_C
-    INV_n = INV_NORM + n * ring_rows
-    q_rows = n * ring_rows + CHUNK + offs_m
+    XS_n = XS + b * ring_rows * BLOCK_D
+    YS_n = YS + b * ring_rows * PADDED_C
+    INV_n = INV_NORM + b * ring_rows
+    q_rows = b * ring_rows + CHUNK + offs_m
     q = tl.load(XS + q_rows[:, None] * BLOCK_D + offs_d[None, :], mask=q_valid[:, None], other=0.0)
     do = tl.load(DOS + q_rows[:, None] * PADDED_C + offs_c[None, :], mask=q_valid[:, None], other=0.0)
     lse2 = tl.load(LSE_S + q_rows, mask=q_valid, other=0.0) * LOG2E
@@ -112,13 +116,7 @@ def _chunked_attention_bwd_dq_kernel(
     for t in range(hi, total):
         dq = _dq_step(dq, q, do, lse2, delta, q_first_key, XS_n, YS_n, INV_n, key_start + t * BLOCK_N, key_end,
                       offs_n, offs_d, offs_c, CHUNK, BLOCK_D, PADDED_C, True, DOT_PRECISION)
-
-    q_pixel = tl.load(PERM + n * stride_pn + round_index * stride_pr + offs_m, mask=q_valid, other=0).to(tl.int64)
-    dx_ptrs = DX + n * stride_dxn + q_pixel[:, None] * stride_dxl + offs_d[None, :]
-    dx_mask = q_valid[:, None] & (offs_d < d)[None, :]
-    if is_first_round == 0:
-        dq += tl.load(dx_ptrs, mask=dx_mask, other=0.0)
-    tl.store(dx_ptrs, dq, mask=dx_mask)
+    tl.store(DQ + (b * length + offs_m)[:, None] * BLOCK_D + offs_d[None, :], dq, mask=q_valid[:, None])
 
 
 @triton.jit
@@ -127,7 +125,7 @@ def _dkdv_step(dk, dv, k, v, inv2, e_rows, XS_n, DOS_n, LSE_n, DELTA_n, q0, quer
                DOT_PRECISION: tl.constexpr):
     """Add one step of BLOCK_N query rows [q0, q0 + BLOCK_N) to the key tile's dk and dy."""
     queries = q0 + offs_n
-    rows = CHUNK + queries  # a query's ring row
+    rows = (CHUNK + queries).to(tl.int64)  # a query's ring row (rows x PADDED_C passes 2^31 on huge images)
     if MASKED:
         q_valid = queries < query_end
         q = tl.load(XS_n + rows[:, None] * BLOCK_D + offs_d[None, :], mask=q_valid[:, None], other=0.0)
@@ -167,21 +165,21 @@ def _chunked_attention_bwd_dkdv_kernel(
     PADDED_C: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """dk (with respect to the normalised key) and dy of BLOCK_M ring rows, over every query
-    that sees them, written to ring-ordered fp32 buffers."""
+    """dk (with respect to the normalised key) and dy of BLOCK_M ring rows of one (round, image)
+    pair, over every query that sees them, written to ring-ordered fp32 buffers."""
     pid_m = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(1).to(tl.int64)  # g * N + n
     e_rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     e_valid = e_rows < ring_rows
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_c = tl.arange(0, PADDED_C)
 
-    XS_n = XS + n * ring_rows * BLOCK_D
-    DOS_n = DOS + n * ring_rows * PADDED_C
-    LSE_n = LSE_S + n * ring_rows
-    DELTA_n = DELTA_S + n * ring_rows
-    ring = n * ring_rows + e_rows
+    XS_n = XS + b * ring_rows * BLOCK_D
+    DOS_n = DOS + b * ring_rows * PADDED_C
+    LSE_n = LSE_S + b * ring_rows
+    DELTA_n = DELTA_S + b * ring_rows
+    ring = b * ring_rows + e_rows
     k = tl.load(XS + ring[:, None] * BLOCK_D + offs_d[None, :], mask=e_valid[:, None], other=0.0)
     v = tl.load(YS + ring[:, None] * PADDED_C + offs_c[None, :], mask=e_valid[:, None], other=0.0)
     inv2 = tl.load(INV_NORM + ring, mask=e_valid, other=0.0) * LOG2E
@@ -249,46 +247,65 @@ def _sum_over_copies(RING, ring_base, position, has_copy, copy, valid, cols, len
 
 @triton.jit
 def _fold_ring_grads_kernel(
-    X, PERM, DK_RING, DY_RING, DX, DY,
-    stride_xn, stride_xl, stride_pn, stride_pr, stride_dxn, stride_dxl, stride_dyn, stride_dyl,
-    round_index, is_first_round, length, padding, ring_rows, d, c,
+    X, INVERSE, DQ, DK_RING, DY_RING, DX_ACC, DY_ACC, DX, DY,
+    stride_xn, stride_xl, stride_xd,
+    rounds, images, length, padding, ring_rows, d, c,
     CHUNK,
+    FIRST_GROUP: tl.constexpr,
+    LAST_GROUP: tl.constexpr,
     BLOCK_ROWS: tl.constexpr,
     BLOCK_D: tl.constexpr,
     PADDED_C: tl.constexpr,
 ):
-    position = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    """The gradients of BLOCK_ROWS pixels over the group's rounds, in round order: dq at the
+    pixel's sorted position, dk and dy summed over the ring rows holding it, the
+    normalisation backward of dk, added to the earlier groups' sums (DX_ACC, DY_ACC); the
+    last group writes dX, dY in the inputs' dtypes."""
+    pixel = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     n = tl.program_id(1).to(tl.int64)
-    valid = position < length
-    # Sorted position p < L also sits at padded position p + P when that is >= L.
-    copy = position + padding
-    has_copy = valid & (copy >= length)
-    ring_base = n * ring_rows
+    valid = pixel < length
     offs_d = tl.arange(0, BLOCK_D)
     offs_c = tl.arange(0, PADDED_C)
-    dk = _sum_over_copies(DK_RING, ring_base, position, has_copy, copy, valid, offs_d, length, padding, CHUNK,
-                          BLOCK_D, BLOCK_ROWS)
-    dy = _sum_over_copies(DY_RING, ring_base, position, has_copy, copy, valid, offs_c, length, padding, CHUNK,
-                          PADDED_C, BLOCK_ROWS)
+    dq = tl.zeros((BLOCK_ROWS, BLOCK_D), dtype=tl.float32)
+    dk = tl.zeros((BLOCK_ROWS, BLOCK_D), dtype=tl.float32)
+    dy = tl.zeros((BLOCK_ROWS, PADDED_C), dtype=tl.float32)
+    for g in range(rounds):
+        b = g * images + n
+        position = tl.load(INVERSE + b * length + pixel, mask=valid, other=0)
+        # Sorted position p < L also sits at padded position p + P when that is >= L.
+        copy = position + padding
+        has_copy = valid & (copy >= length)
+        ring_base = b * ring_rows
+        dk += _sum_over_copies(DK_RING, ring_base, position, has_copy, copy, valid, offs_d, length, padding, CHUNK,
+                               BLOCK_D, BLOCK_ROWS)
+        dy += _sum_over_copies(DY_RING, ring_base, position, has_copy, copy, valid, offs_c, length, padding, CHUNK,
+                               PADDED_C, BLOCK_ROWS)
+        dq += tl.load(DQ + (b * length + position)[:, None] * BLOCK_D + offs_d[None, :], mask=valid[:, None],
+                      other=0.0)
 
-    pixel = tl.load(PERM + n * stride_pn + round_index * stride_pr + position, mask=valid, other=0).to(tl.int64)
     d_mask = valid[:, None] & (offs_d < d)[None, :]
-    x = tl.load(X + n * stride_xn + pixel[:, None] * stride_xl + offs_d[None, :], mask=d_mask, other=0.0)
+    pixel = pixel.to(tl.int64)
+    x = tl.load(X + n * stride_xn + pixel[:, None] * stride_xl + offs_d[None, :] * stride_xd, mask=d_mask, other=0.0)
     x = x.to(tl.float32)
     norm = tl.sqrt(tl.sum(x * x, axis=1))
     inv_norm = 1.0 / tl.maximum(norm, KEY_NORM_EPS)
     # Normalisation backward, k = x / max(||x||, eps): project out k where ||x|| >= eps.
     k_hat = x * inv_norm[:, None]
     radial = tl.where(norm >= KEY_NORM_EPS, tl.sum(k_hat * dk, axis=1), 0.0)
-    dx_ptrs = DX + n * stride_dxn + pixel[:, None] * stride_dxl + offs_d[None, :]
-    dx = (dk - k_hat * radial[:, None]) * inv_norm[:, None] + tl.load(dx_ptrs, mask=d_mask, other=0.0)
-    tl.store(dx_ptrs, dx, mask=d_mask)
+    dx = dq + (dk - k_hat * radial[:, None]) * inv_norm[:, None]
 
     c_mask = valid[:, None] & (offs_c < c)[None, :]
-    dy_ptrs = DY + n * stride_dyn + pixel[:, None] * stride_dyl + offs_c[None, :]
-    if is_first_round == 0:
-        dy += tl.load(dy_ptrs, mask=c_mask, other=0.0)
-    tl.store(dy_ptrs, dy, mask=c_mask)
+    dx_offsets = (n * length + pixel)[:, None] * d + offs_d[None, :]
+    dy_offsets = (n * length + pixel)[:, None] * c + offs_c[None, :]
+    if not FIRST_GROUP:
+        dx += tl.load(DX_ACC + dx_offsets, mask=d_mask, other=0.0)
+        dy += tl.load(DY_ACC + dy_offsets, mask=c_mask, other=0.0)
+    if LAST_GROUP:
+        tl.store(DX + dx_offsets, dx.to(DX.dtype.element_ty), mask=d_mask)
+        tl.store(DY + dy_offsets, dy.to(DY.dtype.element_ty), mask=c_mask)
+    else:
+        tl.store(DX_ACC + dx_offsets, dx, mask=d_mask)
+        tl.store(DY_ACC + dy_offsets, dy, mask=c_mask)
 
 
 FOLD_ROWS = 16
@@ -321,13 +338,14 @@ def backward_tiles(chunk: int, d: int, c: int, dtype: torch.dtype) -> tuple[Tile
 
 
 def chunked_attention_bwd(x, y, perm, out, lse, grad_out, chunk: int, padding: int, n_chunks: int):
-    """Gradients (dx, dy) of ``chunked_attention_fwd`` in x's and y's dtypes.
+    """Gradients (dx, dy) of ``chunked_attention_fwd`` in x's and y's dtypes, contiguous.
 
-    x: (N, L, d), y: (N, L, c), perm: (N, R, L), out and grad_out: (N, L, c), all with
-    unit stride in the last dimension; lse: (N, L) fp32 contiguous, as the forward
+    x: (N, L, d), y: (N, L, c), out and grad_out: (N, L, c), any strides; perm: (N, R, L)
+    with unit stride in the last dimension; lse: (N, L) fp32 contiguous, as the forward
     returns it (``out`` may also be fp32 for half inputs: delta is then exact); chunk,
-    padding, n_chunks from ``chunk_layout``. Launch order (fixed, so the fp32 sums are
-    deterministic): per round, staging, dq, dk/dy, fold.
+    padding, n_chunks from ``chunk_layout``. Launches, per group of G rounds (the
+    forward's ``round_group`` rule): staging (with delta and the inverse permutation),
+    dq, dk/dy, fold; in a fixed order, so the fp32 sums are deterministic.
     """
     n, length, d = x.shape
     c = y.shape[2]
@@ -336,38 +354,43 @@ def chunked_attention_bwd(x, y, perm, out, lse, grad_out, chunk: int, padding: i
     layout = RingLayout(length, chunk, padding, n_chunks)
     dq_tiles, dkdv_tiles = backward_tiles(chunk, d, c, x.dtype)
     tiles = dq_tiles  # both kernels read the same ring widths
-    ring = RingBuffers(x, y, layout, tiles, gradients=True)
-    dk_ring = torch.empty((n, layout.rows, tiles.block_d), device=x.device, dtype=f32)
-    dy_ring = torch.empty((n, layout.rows, tiles.padded_c), device=x.device, dtype=f32)
-    dx = torch.empty((n, length, d), device=x.device, dtype=f32)
-    dy = torch.empty((n, length, c), device=x.device, dtype=f32)
-    delta = (grad_out.to(f32) * out.to(f32)).sum(dim=-1)
+    grads_per_round = n * (layout.rows * (tiles.block_d + tiles.padded_c) + length * tiles.block_d) * 4
+    per_round = RingBuffers.bytes_per_round(x, y, layout, tiles, gradients=True) + grads_per_round
+    group = round_group(rounds, per_round, n * length * c * 4)
+    ring = RingBuffers(x, y, layout, tiles, gradients=True, rounds=group)
+    dq_sorted = torch.empty((group * n, length, tiles.block_d), device=x.device, dtype=f32)
+    dk_ring = torch.empty((group * n, layout.rows, tiles.block_d), device=x.device, dtype=f32)
+    dy_ring = torch.empty((group * n, layout.rows, tiles.padded_c), device=x.device, dtype=f32)
+    dx = torch.empty((n, length, d), device=x.device, dtype=x.dtype)
+    dy = torch.empty((n, length, c), device=x.device, dtype=y.dtype)
+    several = group < rounds
+    dx_acc = dx if dx.dtype == f32 or not several else torch.empty((n, length, d), device=x.device, dtype=f32)
+    dy_acc = dy if dy.dtype == f32 or not several else torch.empty((n, length, c), device=x.device, dtype=f32)
     precision = dot_precision(x.dtype)
 
     def constexprs(t: TileConfig) -> dict:
         return dict(BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_D=t.block_d, PADDED_C=t.padded_c,
                     DOT_PRECISION=precision, **t.options())
 
-    for r in range(rounds):
-        ring.stage(x, y, perm, r, grad_out=grad_out, lse=lse, delta=delta)
-        _chunked_attention_bwd_dq_kernel[(triton.cdiv(length, dq_tiles.block_m), n)](
+    for first in range(0, rounds, group):
+        rounds_here = min(group, rounds - first)
+        ring.stage(x, y, perm, first, rounds_here, grad_out=grad_out, out=out, lse=lse)
+        _chunked_attention_bwd_dq_kernel[(triton.cdiv(length, dq_tiles.block_m), n * rounds_here)](
             XS=ring.xs, YS=ring.ys, INV_NORM=ring.inv_norm, DOS=ring.dos, LSE_S=ring.lse, DELTA_S=ring.delta,
-            PERM=perm, DX=dx, stride_pn=perm.stride(0), stride_pr=perm.stride(1),
-            stride_dxn=dx.stride(0), stride_dxl=dx.stride(1),
-            round_index=r, is_first_round=int(r == 0), length=length, ring_rows=layout.rows, d=d, CHUNK=chunk,
+            DQ=dq_sorted, length=length, ring_rows=layout.rows, CHUNK=chunk,
             **constexprs(dq_tiles),
         )
-        _chunked_attention_bwd_dkdv_kernel[(triton.cdiv(layout.rows, dkdv_tiles.block_m), n)](
+        _chunked_attention_bwd_dkdv_kernel[(triton.cdiv(layout.rows, dkdv_tiles.block_m), n * rounds_here)](
             XS=ring.xs, YS=ring.ys, INV_NORM=ring.inv_norm, DOS=ring.dos, LSE_S=ring.lse, DELTA_S=ring.delta,
             DK_RING=dk_ring, DY_RING=dy_ring, length=length, ring_rows=layout.rows, n_chunks=n_chunks, CHUNK=chunk,
             **constexprs(dkdv_tiles),
         )
         _fold_ring_grads_kernel[(triton.cdiv(length, FOLD_ROWS), n)](
-            X=x, PERM=perm, DK_RING=dk_ring, DY_RING=dy_ring, DX=dx, DY=dy,
-            stride_xn=x.stride(0), stride_xl=x.stride(1), stride_pn=perm.stride(0), stride_pr=perm.stride(1),
-            stride_dxn=dx.stride(0), stride_dxl=dx.stride(1), stride_dyn=dy.stride(0), stride_dyl=dy.stride(1),
-            round_index=r, is_first_round=int(r == 0), length=length, padding=padding, ring_rows=layout.rows,
-            d=d, c=c, CHUNK=chunk, BLOCK_ROWS=FOLD_ROWS, BLOCK_D=tiles.block_d, PADDED_C=tiles.padded_c,
-            num_warps=4,
+            X=x, INVERSE=ring.inverse, DQ=dq_sorted, DK_RING=dk_ring, DY_RING=dy_ring,
+            DX_ACC=dx_acc, DY_ACC=dy_acc, DX=dx, DY=dy,
+            stride_xn=x.stride(0), stride_xl=x.stride(1), stride_xd=x.stride(2),
+            rounds=rounds_here, images=n, length=length, padding=padding, ring_rows=layout.rows,
+            d=d, c=c, CHUNK=chunk, FIRST_GROUP=first == 0, LAST_GROUP=first + rounds_here == rounds,
+            BLOCK_ROWS=FOLD_ROWS, BLOCK_D=tiles.block_d, PADDED_C=tiles.padded_c, num_warps=4,
         )
-    return dx.to(x.dtype), dy.to(y.dtype)
+    return dx, dy

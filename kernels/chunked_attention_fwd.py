@@ -1,19 +1,23 @@
 """Forward kernel of chunked attention across all hash rounds (docs/semantics.md §4–§6).
 
-Per round: ``stage_round`` writes the round's rows in ring order (chunk_tiles), then one
-launch of ``_chunked_attention_fwd_kernel``. A program owns BLOCK_M consecutive sorted
-query positions (possibly straddling two chunks) and one tile of value channels, and walks
-the contiguous key rows of their chunks' neighbourhoods with fp32 accumulators: scores,
-exp2, then P @ V, all on whole row blocks (tensor cores for fp16 / bf16 / tf32).
+The rounds run in groups (all of them in one group unless the image is huge, see
+``round_group``), four launches per group: ``stage_round`` writes the group's rows in ring
+order (chunk_tiles), ``_chunked_attention_fwd_kernel`` runs its fast and its exact launch
+over (query tiles, rounds x images, channel tiles), and ``_merge_rounds_kernel`` adds the
+rounds up per pixel. A forward program owns BLOCK_M consecutive sorted query positions of
+one round (possibly straddling two chunks) and one tile of value channels, and walks the
+contiguous key rows of their chunks' neighbourhoods with fp32 accumulators: scores, exp2,
+then P @ V, all on whole row blocks (tensor cores for fp16 / bf16 / tf32).
 
-Rounds are combined without one output per round: the row maximum of every round is
-m_i = ||x_i|| (Cauchy-Schwarz, and the self key reaches it), so the unnormalised sums
-exp(s - m) y and exp(s - m) add up across rounds in fp32 buffers indexed by pixel. Within
-a round a pixel is the query of one tile, and the row sums are read and written only by
-the channel tile pid_c == 0 (the last round, which writes none, lets every channel tile
-read them): no two programs of a launch touch an element one of them writes. Round order
-is fixed, so the result is deterministic. The last round divides and writes the output and
-the log-sum-exp.
+Rounds combine by plain sums: the row maximum of every round is m_i = ||x_i||
+(Cauchy-Schwarz, and the self key reaches it), so each round's unnormalised sums
+exp(s - m) y and exp(s - m) (fp32, indexed by pixel, one slot per round of the group) add
+up across rounds with no rescaling. Within a round a pixel is the query of one tile, so no
+two forward programs write one element (row sums and m are written by the channel tile
+pid_c == 0, m by round 0 only). The merge adds to the running sums of the earlier groups
+the group's rounds in round order, so the result is deterministic without atomics and the
+same whatever the grouping; the last group's merge divides and writes the output and the
+log-sum-exp.
 
 Non-finite values: a masked pair contributes exp(...) = 0 to P, but 0 * NaN is NaN in
 P @ V, so a non-finite value row inside a straddling tile's key range would reach the
@@ -31,7 +35,7 @@ import triton
 import triton.language as tl
 
 from .chunk_tiles import (LOG2E, RingLayout, TileConfig, dot_precision, load_key_step, padded_channels,
-                          padded_width, row_tile, step_rows, unmasked_steps)
+                          padded_width, round_group, row_tile, step_rows, unmasked_steps)
 from .stage_round import RingBuffers
 
 
@@ -64,9 +68,9 @@ def _attend_step(acc, row_sum, q, m2, q_first_key, XS_n, YS_n, INV_n, e0, key_en
 
 @triton.jit
 def _chunked_attention_fwd_kernel(
-    XS, YS, INV_NORM, Y_NONFINITE, PERM, ACC, ROW_SUM, OUT, LSE,
-    stride_pn, stride_pr, stride_an, stride_al, stride_on, stride_ol,
-    round_index, is_first_round, is_last_round, store_fp32_out, length, ring_rows, c,
+    XS, YS, INV_NORM, Y_NONFINITE, PERM, PARTIAL, PARTIAL_SUM, ROW_MAX,
+    stride_pn, stride_pr,
+    first_round, images, length, ring_rows, c,
     CHUNK,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -77,7 +81,7 @@ def _chunked_attention_fwd_kernel(
     EXACT_NONFINITE: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(1).to(tl.int64)  # g * N + n: round first_round + g of image n
     pid_c = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -90,10 +94,11 @@ def _chunked_attention_fwd_kernel(
     first_chunk = (pid_m * BLOCK_M) // CHUNK
     last_chunk = (tl.minimum(pid_m * BLOCK_M + BLOCK_M, length) - 1) // CHUNK
 
-    XS_n = XS + n * ring_rows * BLOCK_D
-    YS_n = YS + n * ring_rows * PADDED_C
-    INV_n = INV_NORM + n * ring_rows
-    q = tl.load(XS_n + (CHUNK + offs_m)[:, None] * BLOCK_D + offs_d[None, :], mask=q_valid[:, None], other=0.0)
+    XS_n = XS + b * ring_rows * BLOCK_D
+    YS_n = YS + b * ring_rows * PADDED_C
+    INV_n = INV_NORM + b * ring_rows
+    q = tl.load(XS_n + (CHUNK + offs_m)[:, None].to(tl.int64) * BLOCK_D + offs_d[None, :],
+                mask=q_valid[:, None], other=0.0)
     q_f32 = q.to(tl.float32)
     # Row maximum of every round, in log2 units.
     m2 = tl.sqrt(tl.sum(q_f32 * q_f32, axis=1)) * LOG2E
@@ -103,11 +108,11 @@ def _chunked_attention_fwd_kernel(
     lo, hi, total = unmasked_steps(first_chunk, last_chunk, CHUNK, BLOCK_N)
     nonfinite = 0
     for t in range(0, total):
-        flags = tl.load(Y_NONFINITE + n * ring_rows + key_start + t * BLOCK_N + offs_n,
+        flags = tl.load(Y_NONFINITE + b * ring_rows + key_start + t * BLOCK_N + offs_n,
                         mask=key_start + t * BLOCK_N + offs_n < key_end, other=0)
         nonfinite = tl.maximum(nonfinite, tl.max(flags.to(tl.int32), axis=0))
 
-    # Each tile runs in exactly one of the two launches of a round: the fast one when its
+    # Each tile runs in exactly one of the two launches of a group: the fast one when its
     # key range is finite, the exact one otherwise.
     if EXACT_NONFINITE:
         runs = nonfinite != 0
@@ -134,37 +139,73 @@ def _chunked_attention_fwd_kernel(
                 acc, row_sum = _attend_step(acc, row_sum, q, m2, q_first_key, XS_n, YS_n, INV_n,
                                             key_start + t * BLOCK_N, key_end, offs_n, offs_d, offs_c, CHUNK,
                                             BLOCK_D, PADDED_C, True, False, first_chunk, last_chunk, DOT_PRECISION)
-        _combine_round(acc, row_sum, m2, PERM, ACC, ROW_SUM, OUT, LSE, n, offs_m, offs_c, q_valid, pid_c,
-                       stride_pn, stride_pr, stride_an, stride_al, stride_on, stride_ol,
-                       round_index, is_first_round, is_last_round, store_fp32_out, length, c)
+        # This round's sums, by pixel.
+        n = b % images
+        round_index = first_round + b // images
+        q_pixel = tl.load(PERM + n * stride_pn + round_index * stride_pr + offs_m, mask=q_valid,
+                          other=0).to(tl.int64)
+        tl.store(PARTIAL + (b * length + q_pixel)[:, None] * c + offs_c[None, :], acc,
+                 mask=q_valid[:, None] & (offs_c < c)[None, :])
+        if pid_c == 0:
+            tl.store(PARTIAL_SUM + b * length + q_pixel, row_sum, mask=q_valid)
+            if round_index == 0:
+                tl.store(ROW_MAX + n * length + q_pixel, m2, mask=q_valid)
 
 
 @triton.jit
-def _combine_round(acc, row_sum, m2, PERM, ACC, ROW_SUM, OUT, LSE, n, offs_m, offs_c, q_valid, pid_c,
-                   stride_pn, stride_pr, stride_an, stride_al, stride_on, stride_ol,
-                   round_index, is_first_round, is_last_round, store_fp32_out, length, c):
-    """Add this round's sums of a tile to the earlier rounds' (by pixel); the last round
-    divides and writes the output and the log-sum-exp."""
-    q_pixel = tl.load(PERM + n * stride_pn + round_index * stride_pr + offs_m, mask=q_valid, other=0).to(tl.int64)
-    acc_ptrs = ACC + n * stride_an + q_pixel[:, None] * stride_al + offs_c[None, :]
-    acc_mask = q_valid[:, None] & (offs_c < c)[None, :]
-    row_sum_ptrs = ROW_SUM + n * length + q_pixel
-    if is_first_round == 0:
-        acc += tl.load(acc_ptrs, mask=acc_mask, other=0.0)
-        if (is_last_round != 0) | (pid_c == 0):
-            row_sum += tl.load(row_sum_ptrs, mask=q_valid, other=1.0)
-    if is_last_round != 0:
-        out = acc / row_sum[:, None]
-        out_ptrs = OUT + n * stride_on + q_pixel[:, None] * stride_ol + offs_c[None, :]
-        tl.store(out_ptrs, out.to(OUT.dtype.element_ty), mask=acc_mask)
-        if store_fp32_out != 0:
-            tl.store(acc_ptrs, out, mask=acc_mask)
-        if pid_c == 0:
-            tl.store(LSE + n * length + q_pixel, (m2 + tl.log2(row_sum)) / LOG2E, mask=q_valid)
+def _merge_rounds_kernel(
+    PARTIAL, PARTIAL_SUM, ACC, ROW_SUM, OUT, LSE,
+    stride_on, stride_ol, stride_oc,
+    rounds, images, length, c,
+    FIRST_GROUP: tl.constexpr,
+    LAST_GROUP: tl.constexpr,
+    STORE_FP32_OUT: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+    PADDED_C: tl.constexpr,
+    MERGE_C: tl.constexpr,
+):
+    """Add to the earlier groups' running sums (ACC, ROW_SUM) the group's ``rounds`` per-round
+    sums of BLOCK_ROWS pixels, in round order; store the running sums, or on the last group
+    the output (and its fp32 copy in ACC when asked) and the log-sum-exp. LSE holds the row
+    maximum (log2 units) until then."""
+    pixel = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    n = tl.program_id(1).to(tl.int64)
+    valid = pixel < length
+    # Earlier rounds first, then this group's in round order: the sums do not depend on
+    # how the rounds are grouped.
+    row_sum = tl.zeros((BLOCK_ROWS,), dtype=tl.float32)
+    if not FIRST_GROUP:
+        row_sum += tl.load(ROW_SUM + n * length + pixel, mask=valid, other=0.0)
+    for g in range(rounds):
+        row_sum += tl.load(PARTIAL_SUM + (g * images + n) * length + pixel, mask=valid, other=0.0)
+    if LAST_GROUP:
+        row_sum = tl.where(valid, row_sum, 1.0)
+        m2 = tl.load(LSE + n * length + pixel, mask=valid, other=0.0)
+        tl.store(LSE + n * length + pixel, (m2 + tl.log2(row_sum)) / LOG2E, mask=valid)
     else:
-        tl.store(acc_ptrs, acc, mask=acc_mask)
-        if pid_c == 0:
-            tl.store(row_sum_ptrs, row_sum, mask=q_valid)
+        tl.store(ROW_SUM + n * length + pixel, row_sum, mask=valid)
+    for c0 in tl.static_range(0, PADDED_C, MERGE_C):
+        cols = c0 + tl.arange(0, MERGE_C)
+        mask = valid[:, None] & (cols < c)[None, :]
+        acc = tl.zeros((BLOCK_ROWS, MERGE_C), dtype=tl.float32)
+        acc_ptrs = ACC + (n * length + pixel)[:, None] * c + cols[None, :]
+        if not FIRST_GROUP:
+            acc += tl.load(acc_ptrs, mask=mask, other=0.0)
+        for g in range(rounds):
+            acc += tl.load(PARTIAL + ((g * images + n) * length + pixel)[:, None] * c + cols[None, :],
+                           mask=mask, other=0.0)
+        if LAST_GROUP:
+            out = acc / row_sum[:, None]
+            tl.store(OUT + n * stride_on + pixel[:, None].to(tl.int64) * stride_ol + cols[None, :] * stride_oc,
+                     out.to(OUT.dtype.element_ty), mask=mask)
+            if STORE_FP32_OUT:
+                tl.store(acc_ptrs, out, mask=mask)
+        else:
+            tl.store(acc_ptrs, acc, mask=mask)
+
+
+MERGE_ROWS = 16
+MERGE_C = 64
 
 
 def forward_tiles(chunk: int, d: int, c: int, dtype: torch.dtype) -> TileConfig:
@@ -190,47 +231,65 @@ def forward_tiles(chunk: int, d: int, c: int, dtype: torch.dtype) -> TileConfig:
 
 
 def chunked_attention_fwd(x, y, perm, chunk: int, padding: int, n_chunks: int, keep_fp32_out: bool = False):
-    """Launch the forward over every round. Returns (out (N, L, c) in x.dtype, lse (N, L) fp32,
-    out_fp32).
+    """Launch the forward over every round. Returns (out (N, L, c) in x.dtype, contiguous, lse
+    (N, L) fp32, out_fp32).
 
     ``out_fp32`` is the output before rounding to a half dtype, kept when asked for
     (else None; for fp32 it is ``out`` itself): the backward's delta = rowsum(dO * out)
     cancels against the self key's term when the softmax is peaked, and the rounding of
     a half-precision ``out`` would dominate the gradient.
 
-    x: (N, L, d), y: (N, L, c) with unit stride in the last dimension; perm: (N, R, L)
-    int32/int64 with unit stride in the last dimension; chunk, padding, n_chunks from
-    ``chunk_layout``. Extra memory: the ring buffers of one round ((L + P + 2K) rows of x
-    and y, padded to the tile widths), an fp32 accumulator of the output's shape for
-    half-precision outputs, and two (N, L) fp32 vectors.
+    x: (N, L, d), y: (N, L, c), any strides; perm: (N, R, L) int32/int64 with unit stride
+    in the last dimension; chunk, padding, n_chunks from ``chunk_layout``. Launches: per
+    group of G rounds (``round_group``; G = R unless the image is huge), staging, the fast
+    and the exact attention launch, and the merge. Extra memory: the ring buffers of G
+    rounds ((L + P + 2K) rows of x and y each, padded to the tile widths), the per-round
+    sums of G rounds ((N, L, c) and (N, L) fp32 each), and with more than one group (or
+    half-precision outputs kept for the backward) an fp32 accumulator of the output's
+    shape and an (N, L) fp32 row sum.
     """
     n, length, d = x.shape
     c = y.shape[2]
     rounds = perm.shape[1]
+    f32 = torch.float32
     layout = RingLayout(length, chunk, padding, n_chunks)
     tiles = forward_tiles(chunk, d, c, x.dtype)
-    ring = RingBuffers(x, y, layout, tiles, gradients=False)
-    out = torch.empty_like(y)
-    lse = torch.empty((n, length), device=x.device, dtype=torch.float32)
-    acc = out if out.dtype == torch.float32 else torch.empty(y.shape, device=y.device, dtype=torch.float32)
-    row_sum = torch.empty((n, length), device=x.device, dtype=torch.float32) if rounds > 1 else lse
-    grid = (triton.cdiv(length, tiles.block_m), n, tiles.channel_tiles)
-    for r in range(rounds):
-        ring.stage(x, y, perm, r)
+    per_round = RingBuffers.bytes_per_round(x, y, layout, tiles, gradients=False) + n * length * (c + 1) * 4
+    group = round_group(rounds, per_round, n * length * c * 4)
+    ring = RingBuffers(x, y, layout, tiles, gradients=False, rounds=group)
+    partial = torch.empty((group, n, length, c), device=x.device, dtype=f32)
+    partial_sum = torch.empty((group, n, length), device=x.device, dtype=f32)
+    out = torch.empty((n, length, c), device=y.device, dtype=y.dtype)
+    lse = torch.empty((n, length), device=x.device, dtype=f32)
+    several = group < rounds
+    keep = keep_fp32_out and out.dtype != f32
+    if out.dtype == f32 or not (several or keep):
+        acc = out  # read and written only as fp32, or not at all
+    else:
+        acc = torch.empty((n, length, c), device=y.device, dtype=f32)
+    row_sum = torch.empty((n, length), device=x.device, dtype=f32) if several else lse
+    precision = dot_precision(x.dtype)
+    for first in range(0, rounds, group):
+        rounds_here = min(group, rounds - first)
+        ring.stage(x, y, perm, first, rounds_here)
         # The exact launch holds a second product's operands: 16-row steps.
         for exact in (False, True):
-            _chunked_attention_fwd_kernel[grid](
+            _chunked_attention_fwd_kernel[(triton.cdiv(length, tiles.block_m), n * rounds_here, tiles.channel_tiles)](
                 XS=ring.xs, YS=ring.ys, INV_NORM=ring.inv_norm, Y_NONFINITE=ring.y_nonfinite, PERM=perm,
-                ACC=acc, ROW_SUM=row_sum, OUT=out, LSE=lse,
+                PARTIAL=partial, PARTIAL_SUM=partial_sum, ROW_MAX=lse,
                 stride_pn=perm.stride(0), stride_pr=perm.stride(1),
-                stride_an=acc.stride(0), stride_al=acc.stride(1),
-                stride_on=out.stride(0), stride_ol=out.stride(1),
-                round_index=r, is_first_round=int(r == 0), is_last_round=int(r == rounds - 1),
-                store_fp32_out=int(keep_fp32_out and acc is not out),
-                length=length, ring_rows=layout.rows, c=c, CHUNK=chunk,
+                first_round=first, images=n, length=length, ring_rows=layout.rows, c=c, CHUNK=chunk,
                 BLOCK_M=tiles.block_m, BLOCK_N=16 if exact else tiles.block_n,
                 BLOCK_D=tiles.block_d, BLOCK_C=tiles.block_c,
-                PADDED_C=tiles.padded_c, DOT_PRECISION=dot_precision(x.dtype), EXACT_NONFINITE=exact,
+                PADDED_C=tiles.padded_c, DOT_PRECISION=precision, EXACT_NONFINITE=exact,
                 **tiles.options(),
             )
+        merge_c = min(MERGE_C, triton.next_power_of_2(c))
+        _merge_rounds_kernel[(triton.cdiv(length, MERGE_ROWS), n)](
+            PARTIAL=partial, PARTIAL_SUM=partial_sum, ACC=acc, ROW_SUM=row_sum, OUT=out, LSE=lse,
+            stride_on=out.stride(0), stride_ol=out.stride(1), stride_oc=out.stride(2),
+            rounds=rounds_here, images=n, length=length, c=c,
+            FIRST_GROUP=first == 0, LAST_GROUP=first + rounds_here == rounds, STORE_FP32_OUT=keep,
+            BLOCK_ROWS=MERGE_ROWS, PADDED_C=triton.cdiv(c, merge_c) * merge_c, MERGE_C=merge_c, num_warps=4,
+        )
     return out, lse, (acc if keep_fp32_out else None)

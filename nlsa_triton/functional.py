@@ -21,7 +21,6 @@ from . import _ops
 from ._autocast import autocast_inputs
 from ._backend import resolve_backend
 from .hashing import resolve_rotations
-from .sorting import bucket_sort
 
 
 def lsh_hash(x: torch.Tensor, rotations: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
@@ -107,6 +106,7 @@ def nlsa(
         return streaming.nlsa_unchecked(x, y, chunk_size, rotations)
     if backend == "reference":
         return reference.nlsa_unchecked(x, y, chunk_size, rotations)
-    # bucket_sort is an argsort: perm is a permutation by construction, so no perm check.
-    perm = bucket_sort(_ops.lsh_hash(x.detach(), rotations.detach()))
+    # The hash and a counting sort (what bucket_sort computes): perm is a permutation by
+    # construction, so no perm check.
+    perm = _ops.lsh_sort(x.detach(), rotations.detach())
     return _ops.chunked_attention(x, y, perm, chunk_size, "none")

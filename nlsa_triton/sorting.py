@@ -10,6 +10,10 @@ def bucket_sort(codes: torch.Tensor) -> torch.Tensor:
     ``perm[n, r, p]`` is the pixel at sorted position p of round r. Equal codes keep
     their original order, so the result is deterministic (NLSN's unstable sort gives one
     of the orders this may give; docs/semantics.md §9.1).
+
+    ``nlsa``'s Triton path computes the same permutation (as int32) without this function:
+    the hash kernel writes one-byte codes and per-block bucket counts, and a counting sort
+    kernel places every position (``_ops.lsh_sort``, two launches).
     """
     if not isinstance(codes, torch.Tensor):
         raise TypeError(f"codes must be a torch.Tensor of shape (N, n_hashes, L), got {type(codes).__name__}")

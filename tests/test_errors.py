@@ -317,6 +317,8 @@ def test_sparse_module_constructor_rejects(kwargs, error, message):
     [
         ({"channel": 0}, ValueError, "channel must be >= 1, got 0"),
         ({"channel": 9, "reduction": 2}, ValueError, "channel (9) must be divisible by reduction (2)"),
+        ({"channels": 0}, ValueError, "channels must be >= 1, got 0"),
+        ({"channels": 9, "reduction": 2}, ValueError, "channels (9) must be divisible by reduction (2)"),
         ({"res_scale": None}, TypeError, "res_scale must be a real number, got NoneType None"),
     ],
 )

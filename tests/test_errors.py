@@ -317,13 +317,23 @@ def test_sparse_module_constructor_rejects(kwargs, error, message):
     [
         ({"channel": 0}, ValueError, "channel must be >= 1, got 0"),
         ({"channel": 9, "reduction": 2}, ValueError, "channel (9) must be divisible by reduction (2)"),
-        ({"channels": 0}, ValueError, "channels must be >= 1, got 0"),
-        ({"channels": 9, "reduction": 2}, ValueError, "channels (9) must be divisible by reduction (2)"),
         ({"res_scale": None}, TypeError, "res_scale must be a real number, got NoneType None"),
     ],
 )
 def test_full_module_constructor_rejects(kwargs, error, message):
     _raises(error, message, MODULES["full"], **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"channels": 0}, "channels must be >= 1, got 0"),
+        ({"channels": 9, "reduction": 2}, "channels (9) must be divisible by reduction (2)"),
+        ({"channel": 8, "channels": 16}, "channel (8) and channels (16) name the same count; give one"),
+    ],
+)
+def test_full_module_names_the_channel_argument_given(kwargs, message):
+    _raises(ValueError, message, nt.NonLocalAttention, **kwargs)
 
 
 @pytest.mark.parametrize("kind", ["sparse", "full"])

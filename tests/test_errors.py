@@ -324,6 +324,18 @@ def test_full_module_constructor_rejects(kwargs, error, message):
     _raises(error, message, MODULES["full"], **kwargs)
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"channels": 0}, "channels must be >= 1, got 0"),
+        ({"channels": 9, "reduction": 2}, "channels (9) must be divisible by reduction (2)"),
+        ({"channel": 8, "channels": 16}, "channel (8) and channels (16) name the same count; give one"),
+    ],
+)
+def test_full_module_names_the_channel_argument_given(kwargs, message):
+    _raises(ValueError, message, nt.NonLocalAttention, **kwargs)
+
+
 @pytest.mark.parametrize("kind", ["sparse", "full"])
 @pytest.mark.parametrize("backend", ["torch", "triton", "reference"])
 def test_module_forward_rejects(kind, backend):

@@ -30,8 +30,9 @@ class NonLocalAttention(nn.Module):
         super().__init__()
         if channel is not None and channels is not None and channel != channels:
             raise ValueError(f"channel ({channel}) and channels ({channels}) name the same count; give one")
+        given = "channel" if channel is not None else "channels"
         channel = 128 if channel is None and channels is None else (channels if channel is None else channel)
-        v.check_channels(channel, reduction, "channels")
+        v.check_channels(channel, reduction, given)  # the error names the argument the caller used
         self.channel, self.reduction, self.res_scale = channel, reduction, v.check_res_scale(res_scale)
         self.channels = channel
         self.conv_match1 = _conv1x1_prelu(channel, channel // reduction)

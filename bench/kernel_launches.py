@@ -40,6 +40,7 @@ from triton.runtime.jit import JITFunction
 
 import nlsa_triton as nt
 from nlsa_triton import _ops
+from nlsa_triton.kernels.tile_tables import as_card, family
 
 # The dtype variants a problem runs in: input dtype and torch.backends.cuda.matmul.allow_tf32.
 VARIANTS = {
@@ -164,7 +165,8 @@ def _describe(value) -> str:
 
 @contextlib.contextmanager
 def recording(capability: int = 90) -> Iterator[list[Launch]]:
-    """Within the block, Triton launches are recorded into the yielded list, not run."""
+    """Within the block, Triton launches are recorded into the yielded list, not run, with
+    the tiles the launchers choose on sm_<capability>."""
     if not all(isinstance(kernel, JITFunction) for kernel in defined_kernels()):
         raise RuntimeError("the kernels are interpreted (TRITON_INTERPRET=1 was set when nlsa_triton was "
                            "imported); record launches in a process without it")
@@ -200,7 +202,8 @@ def recording(capability: int = 90) -> Iterator[list[Launch]]:
     driver.set_active(_TargetDriver(target))
     JITFunction.run, JITFunction._do_compile = run, record_instead_of_compiling
     try:
-        yield launches
+        with as_card(family(divmod(capability, 10))):
+            yield launches
     finally:
         JITFunction.run, JITFunction._do_compile = original_run, original_compile
         driver.set_active(previous_driver)

@@ -44,9 +44,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk_tiles import (KEY_NORM_EPS, LOG2E, RingLayout, TileConfig, dot_precision, load_key_step,
-                          padded_width, row_tile, step_rows, unmasked_steps)
+from .chunk_tiles import KEY_NORM_EPS, LOG2E, RingLayout, TileConfig, dot_precision, load_key_step, unmasked_steps
 from .stage_round import RingBuffers
+from .tile_tables import backward_tiles, card_of
 
 
 @triton.jit
@@ -294,32 +294,6 @@ def _fold_ring_grads_kernel(
 FOLD_ROWS = 16
 
 
-def backward_tiles(chunk: int, d: int, c: int, dtype: torch.dtype) -> tuple[TileConfig, TileConfig]:
-    """Tiles of the dq and the dk/dv kernels for one problem: 64-row tiles; all of c in one
-    tile, since dS needs the whole of dO . y.
-
-    Half precision: 64-row steps on the tensor cores, 4 warps (one warpgroup) while the
-    rows are narrow, else 8. fp32 products run on the FMA units, which hold their operands
-    replicated in registers: the dk/dv kernel (four products per step) takes 16-row steps
-    and 8 warps (and no software pipelining where the tile is 64 rows, which spills under
-    triton 3.6) so that nothing spills, and wider problems take narrower tiles.
-    """
-    padded_c = padded_width(c)
-    block_d = padded_width(d)
-    block_m, block_n = row_tile(chunk), step_rows(chunk)
-    narrow = padded_c <= 64 and block_d <= 64
-    if dtype != torch.float32:
-        dq_warps = 4 if narrow else 8
-        dq = TileConfig(block_m, block_n, block_d, padded_c, padded_c, num_warps=dq_warps)
-        dkdv = TileConfig(block_m, block_n if narrow else min(block_n, 32), block_d, padded_c, padded_c,
-                          num_warps=4 if narrow else 8)
-        return dq, dkdv
-    dq = TileConfig(block_m, block_n if narrow else min(block_n, 16), block_d, padded_c, padded_c, num_warps=8)
-    dkdv = TileConfig(block_m if narrow else min(block_m, 32), 16, block_d, padded_c, padded_c, num_warps=8,
-                      num_stages=1 if narrow else 2)
-    return dq, dkdv
-
-
 def chunked_attention_bwd(x, y, perm, out, lse, grad_out, chunk: int, padding: int, n_chunks: int):
     """Gradients (dx, dy) of ``chunked_attention_fwd`` in x's and y's dtypes.
 
@@ -334,7 +308,7 @@ def chunked_attention_bwd(x, y, perm, out, lse, grad_out, chunk: int, padding: i
     rounds = perm.shape[1]
     f32 = torch.float32
     layout = RingLayout(length, chunk, padding, n_chunks)
-    dq_tiles, dkdv_tiles = backward_tiles(chunk, d, c, x.dtype)
+    dq_tiles, dkdv_tiles = backward_tiles(chunk, d, c, x.dtype, card_of(x.device))
     tiles = dq_tiles  # both kernels read the same ring widths
     ring = RingBuffers(x, y, layout, tiles, gradients=True)
     dk_ring = torch.empty((n, layout.rows, tiles.block_d), device=x.device, dtype=f32)

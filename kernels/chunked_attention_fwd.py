@@ -30,9 +30,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk_tiles import (LOG2E, RingLayout, TileConfig, dot_precision, load_key_step, padded_channels,
-                          padded_width, row_tile, step_rows, unmasked_steps)
+from .chunk_tiles import LOG2E, RingLayout, dot_precision, load_key_step, unmasked_steps
 from .stage_round import RingBuffers
+from .tile_tables import card_of, forward_tiles
 
 
 @triton.jit
@@ -167,28 +167,6 @@ def _combine_round(acc, row_sum, m2, PERM, ACC, ROW_SUM, OUT, LSE, n, offs_m, of
             tl.store(row_sum_ptrs, row_sum, mask=q_valid)
 
 
-def forward_tiles(chunk: int, d: int, c: int, dtype: torch.dtype) -> TileConfig:
-    """Tiles of the forward for one problem.
-
-    64 query rows per tile. Half precision: all of c up to 256 in one channel tile (no
-    scores recomputed), 64-row steps on the tensor cores (32 for a 256-channel tile),
-    one warpgroup while the accumulator is narrow, else two. fp32 products run on the FMA units, which hold their
-    operands replicated in registers: channel tiles of at most 128, 8 warps, and 32-row
-    steps for the widest accumulator, so that nothing spills.
-    """
-    block_n = step_rows(chunk)
-    if dtype == torch.float32:
-        block_c = min(128, max(16, triton.next_power_of_2(c)))
-        num_warps = 8
-        block_n = min(block_n, 32) if block_c >= 128 else block_n
-    else:
-        block_c = min(256, max(16, triton.next_power_of_2(c)))
-        num_warps = 4 if block_c <= 64 else 8
-        block_n = min(block_n, 32) if block_c > 128 else block_n
-    return TileConfig(block_m=row_tile(chunk), block_n=block_n, block_d=padded_width(d), block_c=block_c,
-                      padded_c=padded_channels(c, block_c), num_warps=num_warps)
-
-
 def chunked_attention_fwd(x, y, perm, chunk: int, padding: int, n_chunks: int, keep_fp32_out: bool = False):
     """Launch the forward over every round. Returns (out (N, L, c) in x.dtype, lse (N, L) fp32,
     out_fp32).
@@ -208,7 +186,7 @@ def chunked_attention_fwd(x, y, perm, chunk: int, padding: int, n_chunks: int, k
     c = y.shape[2]
     rounds = perm.shape[1]
     layout = RingLayout(length, chunk, padding, n_chunks)
-    tiles = forward_tiles(chunk, d, c, x.dtype)
+    tiles = forward_tiles(chunk, d, c, x.dtype, card_of(x.device))
     ring = RingBuffers(x, y, layout, tiles, gradients=False)
     out = torch.empty_like(y)
     lse = torch.empty((n, length), device=x.device, dtype=torch.float32)

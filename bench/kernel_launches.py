@@ -42,7 +42,7 @@ import nlsa_triton as nt
 from nlsa_triton import _ops
 from nlsa_triton.kernels.tile_tables import as_card, family
 
-# The dtype variants a problem runs in: input dtype and torch.backends.cuda.matmul.allow_tf32.
+# The dtype variants a problem runs in: input dtype and whether fp32 matmuls may use TF32.
 VARIANTS = {
     "fp32": (torch.float32, False),
     "tf32": (torch.float32, True),
@@ -210,19 +210,45 @@ def recording(capability: int = 90) -> Iterator[list[Launch]]:
 
 
 @contextlib.contextmanager
-def _allow_tf32(enabled: bool):
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = enabled
+def _tf32(enabled: bool):
+    """fp32 matmuls in TF32 or not, through torch's fp32_precision where it has one (the
+    legacy allow_tf32 cannot be read once that was set)."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        before = matmul.fp32_precision
+        matmul.fp32_precision = "tf32" if enabled else "ieee"
+    else:
+        before = matmul.allow_tf32
+        matmul.allow_tf32 = enabled
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
+        if hasattr(matmul, "fp32_precision"):
+            matmul.fp32_precision = before
+        else:
+            matmul.allow_tf32 = before
 
 
 def setting_problems(setting: str, variants=tuple(VARIANTS)) -> list[Problem]:
     shape = SETTINGS[setting]
     return [Problem(setting, 1, 150 * 150, shape["d"], shape["c"], 4, 144, variant, default=True)
             for variant in variants]
+
+
+# The widths users have (issue 16): d up to 128, c up to 512, every power of two on the way,
+# at chunk 144 (the largest row tiles).
+WIDTHS_D = (16, 32, 64, 128)
+WIDTHS_C = (16, 32, 64, 128, 256, 512)
+# 468 = 3 chunks of 144 + 36: the benchmark's L = 150 * 150 modulo 144, so the lengths, ring
+# rows and strides divisible by 16 are the benchmark's, and the JIT specialises the kernels
+# as for it, at 1/48 of the recording time.
+WIDTH_LENGTH = 468
+
+
+def width_problems(variants=tuple(VARIANTS)) -> list[Problem]:
+    """One problem per (d, c) of WIDTHS_D x WIDTHS_C in every dtype variant: chunk 144, R 4."""
+    return [Problem(f"d={d} c={c}", 1, WIDTH_LENGTH, d, c, 4, 144, variant, default=False)
+            for variant in variants for d in WIDTHS_D for c in WIDTHS_C]
 
 
 def problem_inputs(problem: Problem, seed: int = 0):
@@ -244,7 +270,7 @@ def run_problem(problem: Problem, seed: int = 0) -> None:
     half-precision inputs keep the fp32 output for the backward (``_ops._setup_context``)."""
     x, y, perm, rotations, grad_out = problem_inputs(problem, seed)
     _, tf32 = VARIANTS[problem.variant]
-    with _allow_tf32(tf32):
+    with _tf32(tf32):
         _ops.lsh_hash(x, rotations)
         out, lse, out_fp32 = _ops.chunked_attention_fwd_op(x, y, perm, problem.chunk_size, "none", True)
         saved_out = out_fp32 if out_fp32.numel() else out

@@ -44,9 +44,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk_tiles import KEY_NORM_EPS, LOG2E, RingLayout, TileConfig, dot_precision, load_key_step, unmasked_steps
+from .chunk_tiles import KEY_NORM_EPS, LOG2E, RingLayout, TileConfig, load_key_step, unmasked_steps
 from .stage_round import RingBuffers
-from .tile_tables import backward_tiles, card_of
+from .tile_tables import backward_tiles, card_of, dot_precision
 
 
 @triton.jit
@@ -308,7 +308,8 @@ def chunked_attention_bwd(x, y, perm, out, lse, grad_out, chunk: int, padding: i
     rounds = perm.shape[1]
     f32 = torch.float32
     layout = RingLayout(length, chunk, padding, n_chunks)
-    dq_tiles, dkdv_tiles = backward_tiles(chunk, d, c, x.dtype, card_of(x.device))
+    card = card_of(x.device)
+    dq_tiles, dkdv_tiles = backward_tiles(chunk, d, c, x.dtype, card)
     tiles = dq_tiles  # both kernels read the same ring widths
     ring = RingBuffers(x, y, layout, tiles, gradients=True)
     dk_ring = torch.empty((n, layout.rows, tiles.block_d), device=x.device, dtype=f32)
@@ -316,7 +317,7 @@ def chunked_attention_bwd(x, y, perm, out, lse, grad_out, chunk: int, padding: i
     dx = torch.empty((n, length, d), device=x.device, dtype=f32)
     dy = torch.empty((n, length, c), device=x.device, dtype=f32)
     delta = (grad_out.to(f32) * out.to(f32)).sum(dim=-1)
-    precision = dot_precision(x.dtype)
+    precision = dot_precision(x.dtype, card)
 
     def constexprs(t: TileConfig) -> dict:
         return dict(BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_D=t.block_d, PADDED_C=t.padded_c,

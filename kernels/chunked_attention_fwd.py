@@ -30,9 +30,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk_tiles import LOG2E, RingLayout, dot_precision, load_key_step, unmasked_steps
+from .chunk_tiles import LOG2E, RingLayout, load_key_step, unmasked_steps
 from .stage_round import RingBuffers
-from .tile_tables import card_of, forward_tiles
+from .tile_tables import card_of, dot_precision, forward_tiles
 
 
 @triton.jit
@@ -186,7 +186,8 @@ def chunked_attention_fwd(x, y, perm, chunk: int, padding: int, n_chunks: int, k
     c = y.shape[2]
     rounds = perm.shape[1]
     layout = RingLayout(length, chunk, padding, n_chunks)
-    tiles = forward_tiles(chunk, d, c, x.dtype, card_of(x.device))
+    card = card_of(x.device)
+    tiles = forward_tiles(chunk, d, c, x.dtype, card)
     ring = RingBuffers(x, y, layout, tiles, gradients=False)
     out = torch.empty_like(y)
     lse = torch.empty((n, length), device=x.device, dtype=torch.float32)
@@ -208,7 +209,7 @@ def chunked_attention_fwd(x, y, perm, chunk: int, padding: int, n_chunks: int, k
                 length=length, ring_rows=layout.rows, c=c, CHUNK=chunk,
                 BLOCK_M=tiles.block_m, BLOCK_N=16 if exact else tiles.block_n,
                 BLOCK_D=tiles.block_d, BLOCK_C=tiles.block_c,
-                PADDED_C=tiles.padded_c, DOT_PRECISION=dot_precision(x.dtype), EXACT_NONFINITE=exact,
+                PADDED_C=tiles.padded_c, DOT_PRECISION=dot_precision(x.dtype, card), EXACT_NONFINITE=exact,
                 **tiles.options(),
             )
     return out, lse, (acc if keep_fp32_out else None)

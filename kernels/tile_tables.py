@@ -58,6 +58,34 @@ def as_card(card: int) -> Iterator[None]:
         _override.pop()
 
 
+def tf32_enabled() -> bool:
+    """Whether torch lets fp32 matmuls on CUDA use TF32.
+
+    ``torch.backends.cuda.matmul.fp32_precision`` (torch >= 2.9: "tf32" or "ieee"; it also
+    reflects the legacy ``allow_tf32``, ``torch.set_float32_matmul_precision`` and the
+    generic ``torch.backends.fp32_precision``) where it exists, else the legacy flag.
+    Reading ``allow_tf32`` raises once the new API has been used, so it is read only
+    where the new one is missing.
+    """
+    matmul = torch.backends.cuda.matmul
+    try:
+        return matmul.fp32_precision == "tf32"
+    except (AttributeError, RuntimeError):
+        pass
+    try:
+        return bool(matmul.allow_tf32)
+    except RuntimeError:
+        return False
+
+
+def dot_precision(dtype: torch.dtype, card: int) -> str:
+    """tl.dot's input_precision: fp32 products follow torch's fp32 matmul precision, as
+    torch matmuls do; TF32 needs sm_80 or later (torch computes full fp32 before)."""
+    if dtype == torch.float32 and card >= 80 and tf32_enabled():
+        return "tf32"
+    return "ieee"
+
+
 def forward_tiles(chunk: int, d: int, c: int, dtype: torch.dtype, card: int) -> TileConfig:
     """Tiles of the forward for one problem.
 

@@ -29,7 +29,8 @@ Per round, in sorted space (the ring layout of chunk_tiles, staged with dO, lse,
 Every launch writes each element from one program only, and launches run in a fixed
 order: the gradients are deterministic, without atomics.
 
-Precision: products take the forward's ``dot_precision``; P, dS are cast to the input
+Precision: products take the forward's ``dot_precision`` (the dk/dv kernel full fp32 for
+wide rows, ``tile_tables.backward_precisions``); P, dS are cast to the input
 dtype for the tensor-core products and accumulate in fp32. delta is computed from
 ``out`` as given: for half inputs an fp32 ``out`` (the forward's normalised accumulator)
 makes delta exact, which matters when the softmax is peaked (large ||x||).
@@ -46,7 +47,7 @@ import triton.language as tl
 
 from .chunk_tiles import KEY_NORM_EPS, LOG2E, RingLayout, TileConfig, load_key_step, unmasked_steps
 from .stage_round import RingBuffers
-from .tile_tables import backward_tiles, card_of, dot_precision
+from .tile_tables import backward_precisions, backward_tiles, card_of
 
 
 @triton.jit
@@ -317,9 +318,9 @@ def chunked_attention_bwd(x, y, perm, out, lse, grad_out, chunk: int, padding: i
     dx = torch.empty((n, length, d), device=x.device, dtype=f32)
     dy = torch.empty((n, length, c), device=x.device, dtype=f32)
     delta = (grad_out.to(f32) * out.to(f32)).sum(dim=-1)
-    precision = dot_precision(x.dtype, card)
+    dq_precision, dkdv_precision = backward_precisions(x.dtype, card, d, c)
 
-    def constexprs(t: TileConfig) -> dict:
+    def constexprs(t: TileConfig, precision: str) -> dict:
         return dict(BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_D=t.block_d, PADDED_C=t.padded_c,
                     DOT_PRECISION=precision, **t.options())
 
@@ -330,12 +331,12 @@ def chunked_attention_bwd(x, y, perm, out, lse, grad_out, chunk: int, padding: i
             PERM=perm, DX=dx, stride_pn=perm.stride(0), stride_pr=perm.stride(1),
             stride_dxn=dx.stride(0), stride_dxl=dx.stride(1),
             round_index=r, is_first_round=int(r == 0), length=length, ring_rows=layout.rows, d=d, CHUNK=chunk,
-            **constexprs(dq_tiles),
+            **constexprs(dq_tiles, dq_precision),
         )
         _chunked_attention_bwd_dkdv_kernel[(triton.cdiv(layout.rows, dkdv_tiles.block_m), n)](
             XS=ring.xs, YS=ring.ys, INV_NORM=ring.inv_norm, DOS=ring.dos, LSE_S=ring.lse, DELTA_S=ring.delta,
             DK_RING=dk_ring, DY_RING=dy_ring, length=length, ring_rows=layout.rows, n_chunks=n_chunks, CHUNK=chunk,
-            **constexprs(dkdv_tiles),
+            **constexprs(dkdv_tiles, dkdv_precision),
         )
         _fold_ring_grads_kernel[(triton.cdiv(length, FOLD_ROWS), n)](
             X=x, PERM=perm, DK_RING=dk_ring, DY_RING=dy_ring, DX=dx, DY=dy,

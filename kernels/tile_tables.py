@@ -5,7 +5,7 @@ the shared memory one block may use, and the register file sets what spills.
 
 The launchers ask ``card_of(device)`` for the family of the tensor's device; CPU tensors
 (the kernels in Triton's interpreter, where tiles need only be valid) get ``DEFAULT_CARD``.
-``as_card(cap)`` makes every launch inside it choose tiles as if on sm_<cap>: the compile
+``as_card(card)`` makes every launch inside it choose the tiles of that family: the compile
 test records the launches of each card that way, with no GPU.
 """
 from __future__ import annotations
@@ -20,18 +20,29 @@ import triton
 from .chunk_tiles import TileConfig, padded_channels, padded_width, row_tile, step_rows
 
 # A tile table per family; the family of any capability is chosen by ``family``.
-SM90 = 90
+SM80, SM86, SM90 = 80, 86, 90
 # Shared memory one block may use (bytes, the opt-in maximum; CUDA programming guide,
 # "Technical Specifications per Compute Capability").
-SHARED_MEMORY_PER_BLOCK = {75: 65_536, 80: 166_912, 86: 101_376, 89: 101_376, 90: 232_448}
+SHARED_MEMORY_PER_BLOCK = {75: 65_536, 80: 166_912, 86: 101_376, 90: 232_448}
 DEFAULT_CARD = SM90
 
 _override: list[int] = []
 
 
 def family(capability: tuple[int, int]) -> int:
-    """The tile table of a (major, minor) compute capability."""
-    return SM90
+    """The tile table of a (major, minor) compute capability: sm_90 (H100, H200), sm_80
+    (A100; the Jetson Orin's sm_87 has its 163 KB too), sm_86 for sm_86 and sm_89 (RTX
+    30xx/40xx, A6000, L4, L40S: 99 KB) and for later cards (sm_100 and sm_120 are not
+    compile-tested here: the table with the least shared memory). Older cards have none
+    (docs/gpus.md: the backend resolution sends them to the torch backend)."""
+    major, minor = capability
+    if major < 8:
+        raise ValueError(f"the Triton kernels have no tile table for sm_{major}{minor} (docs/gpus.md)")
+    if major == 9:
+        return SM90
+    if (major, minor) in ((8, 0), (8, 7)):
+        return SM80
+    return SM86
 
 
 @functools.cache
@@ -87,48 +98,94 @@ def dot_precision(dtype: torch.dtype, card: int) -> str:
 
 
 def forward_tiles(chunk: int, d: int, c: int, dtype: torch.dtype, card: int) -> TileConfig:
-    """Tiles of the forward for one problem.
+    """Tiles of the forward for one problem (the same on every card: they fit 99 KB).
 
     64 query rows per tile. Half precision: all of c up to 256 in one channel tile (no
-    scores recomputed), 64-row steps on the tensor cores (32 for a 256-channel tile),
-    one warpgroup while the accumulator is narrow, else two. fp32 products run on the FMA units, which hold their
-    operands replicated in registers: channel tiles of at most 128, 8 warps, and 32-row
-    steps for the widest accumulator, so that nothing spills.
+    scores recomputed), 64-row steps on the tensor cores (32 for a 256-channel tile), one
+    warpgroup while the accumulator is narrow, else two. fp32 products run on the FMA
+    units, which hold their operands replicated in registers: channel tiles of at most
+    128, 8 warps, 32-row steps for the widest accumulator, and for d over 64 32-row tiles
+    and 16-row steps, so that nothing spills.
     """
-    block_n = step_rows(chunk)
+    block_m, block_n, block_d = row_tile(chunk), step_rows(chunk), padded_width(d)
     if dtype == torch.float32:
         block_c = min(128, max(16, triton.next_power_of_2(c)))
         num_warps = 8
         block_n = min(block_n, 32) if block_c >= 128 else block_n
+        if block_d > 64:
+            block_m, block_n = min(block_m, 32), min(block_n, 16)
     else:
         block_c = min(256, max(16, triton.next_power_of_2(c)))
         num_warps = 4 if block_c <= 64 else 8
         block_n = min(block_n, 32) if block_c > 128 else block_n
-    return TileConfig(block_m=row_tile(chunk), block_n=block_n, block_d=padded_width(d), block_c=block_c,
+    return TileConfig(block_m=block_m, block_n=block_n, block_d=block_d, block_c=block_c,
                       padded_c=padded_channels(c, block_c), num_warps=num_warps)
 
 
 def backward_tiles(chunk: int, d: int, c: int, dtype: torch.dtype, card: int) -> tuple[TileConfig, TileConfig]:
-    """Tiles of the dq and the dk/dv kernels for one problem: 64-row tiles; all of c in one
-    tile, since dS needs the whole of dO . y.
+    """Tiles of the dq and the dk/dv kernels for one problem: all of c in one tile, since dS
+    needs the whole of dO . y, so rows shrink as the row width w = padded d + padded c grows.
 
-    Half precision: 64-row steps on the tensor cores, 4 warps (one warpgroup) while the
-    rows are narrow, else 8. fp32 products run on the FMA units, which hold their operands
-    replicated in registers: the dk/dv kernel (four products per step) takes 16-row steps
-    and 8 warps (and no software pipelining where the tile is 64 rows, which spills under
-    triton 3.6) so that nothing spills, and wider problems take narrower tiles.
+    The dq kernel holds its tile's dO and streams (k, y) steps through shared memory; the
+    dk/dv kernel holds its tile's k, y and their two fp32 accumulators in registers and
+    streams (x, dO) steps.
+
+    Half precision, on the tensor cores: 64-row tiles and steps, 4 warps (one warpgroup)
+    while the rows are narrow (d, c <= 64), else 8. Past w = 320 (NLSN's d 64 / c 256),
+    32-row dq steps (sm_86 past w = 384: 32-row tiles and 16-row steps, within 99 KB);
+    dk/dv tiles of 32 rows up to w = 384 and 16 beyond (sm_80 and sm_86 already past
+    narrow rows: mma.sync holds both operands in registers, where sm_90's wgmma reads one
+    from shared memory), with 32-row steps past narrow rows.
+
+    fp32 (FMA units, or TF32 tensor cores): 8 warps; the FMA units hold their operands
+    replicated in registers. dq: 64-row tiles, 16-row steps past narrow rows, 32-row
+    tiles past w = 320 (sm_86: already for 256 channels, and 16-row tiles without
+    software pipelining for 512). dk/dv (four products per step): 16-row steps, 64-row tiles
+    without pipelining for narrow rows (pipelined, they spill under triton 3.6), 32-row
+    tiles up to w = 320, then 16 (sm_86: without pipelining).
     """
     padded_c = padded_width(c)
     block_d = padded_width(d)
+    width = block_d + padded_c
     block_m, block_n = row_tile(chunk), step_rows(chunk)
     narrow = padded_c <= 64 and block_d <= 64
     if dtype != torch.float32:
-        dq_warps = 4 if narrow else 8
-        dq = TileConfig(block_m, block_n, block_d, padded_c, padded_c, num_warps=dq_warps)
-        dkdv = TileConfig(block_m, block_n if narrow else min(block_n, 32), block_d, padded_c, padded_c,
-                          num_warps=4 if narrow else 8)
+        warps = 4 if narrow else 8
+        dq_m, dq_n = block_m, block_n
+        if width > 320:
+            dq_n = min(block_n, 32)
+        if width > 384 and card == SM86:
+            dq_m, dq_n = min(block_m, 32), min(block_n, 16)
+        if width <= (320 if card == SM90 else 128):
+            dkdv_m = block_m
+        else:
+            dkdv_m = min(block_m, 32 if width <= 384 else 16)
+        dq = TileConfig(dq_m, dq_n, block_d, padded_c, padded_c, num_warps=warps)
+        dkdv = TileConfig(dkdv_m, block_n if narrow else min(block_n, 32), block_d, padded_c, padded_c,
+                          num_warps=warps)
         return dq, dkdv
-    dq = TileConfig(block_m, block_n if narrow else min(block_n, 16), block_d, padded_c, padded_c, num_warps=8)
-    dkdv = TileConfig(block_m if narrow else min(block_m, 32), 16, block_d, padded_c, padded_c, num_warps=8,
-                      num_stages=1 if narrow else 2)
+    dq_m, dq_stages = block_m, 2
+    if padded_c >= 512 and card == SM86:
+        dq_m, dq_stages = min(block_m, 16), 1
+    elif width > 320 or (padded_c >= 256 and card == SM86):
+        dq_m = min(block_m, 32)
+    dq = TileConfig(dq_m, block_n if narrow else min(block_n, 16), block_d, padded_c, padded_c, num_warps=8,
+                    num_stages=dq_stages)
+    if narrow:
+        dkdv_m, dkdv_stages = block_m, 1
+    elif width <= 320:
+        dkdv_m, dkdv_stages = min(block_m, 32), 2
+    else:
+        dkdv_m, dkdv_stages = min(block_m, 16), 1 if card == SM86 else 2
+    dkdv = TileConfig(dkdv_m, 16, block_d, padded_c, padded_c, num_warps=8, num_stages=dkdv_stages)
     return dq, dkdv
+
+
+def backward_precisions(dtype: torch.dtype, card: int, d: int, c: int) -> tuple[str, str]:
+    """The dq and the dk/dv kernels' input precisions: ``dot_precision``, except that the
+    dk/dv kernel multiplies in full fp32 past w = 384: its TF32 operands pass through
+    112 KB of shared memory at d 128 / c 512 (over sm_86's 99 KB) and spill on sm_80 and
+    sm_90 even in 16-row tiles. TF32 is what torch allows, not what it requires."""
+    precision = dot_precision(dtype, card)
+    wide = padded_width(d) + padded_width(c) > 384
+    return precision, "ieee" if wide else precision

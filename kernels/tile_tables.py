@@ -104,14 +104,15 @@ def forward_tiles(chunk: int, d: int, c: int, dtype: torch.dtype, card: int) -> 
     scores recomputed), 64-row steps on the tensor cores (32 for a 256-channel tile), one
     warpgroup while the accumulator is narrow, else two. fp32 products run on the FMA
     units, which hold their operands replicated in registers: channel tiles of at most
-    128, 8 warps, 32-row steps for the widest accumulator, and for d over 64 32-row tiles
-    and 16-row steps, so that nothing spills.
+    128, 8 warps, 32-row steps (64 only on sm_90 for d <= 32 and d + c <= 80, Table 2's
+    d 16 / c 64), and for d over 64 32-row tiles and 16-row steps, so that nothing spills.
     """
     block_m, block_n, block_d = row_tile(chunk), step_rows(chunk), padded_width(d)
     if dtype == torch.float32:
         block_c = min(128, max(16, triton.next_power_of_2(c)))
         num_warps = 8
-        block_n = min(block_n, 32) if block_c >= 128 else block_n
+        if card != SM90 or block_d > 32 or block_d + block_c > 80:
+            block_n = min(block_n, 32)
         if block_d > 64:
             block_m, block_n = min(block_m, 32), min(block_n, 16)
     else:
@@ -138,9 +139,10 @@ def backward_tiles(chunk: int, d: int, c: int, dtype: torch.dtype, card: int) ->
     from shared memory), with 32-row steps past narrow rows.
 
     fp32 (FMA units, or TF32 tensor cores): 8 warps; the FMA units hold their operands
-    replicated in registers. dq: 64-row tiles, 16-row steps past narrow rows, 32-row
-    tiles past w = 320 (sm_86: already for 256 channels, and 16-row tiles without
-    software pipelining for 512). dk/dv (four products per step): 16-row steps, 64-row tiles
+    replicated in registers. dq: 64-row tiles, 16-row steps (64 only on sm_90 for
+    d <= 32 and w <= 80, Table 2's d 16 / c 64), 32-row tiles past w = 320 or for d over
+    64 (sm_86: already for 256 channels, and 16-row tiles without software pipelining
+    for 512). dk/dv (four products per step): 16-row steps, 64-row tiles
     without pipelining for narrow rows (pipelined, they spill under triton 3.6), 32-row
     tiles up to w = 320, then 16 (sm_86: without pipelining).
     """
@@ -167,9 +169,10 @@ def backward_tiles(chunk: int, d: int, c: int, dtype: torch.dtype, card: int) ->
     dq_m, dq_stages = block_m, 2
     if padded_c >= 512 and card == SM86:
         dq_m, dq_stages = min(block_m, 16), 1
-    elif width > 320 or (padded_c >= 256 and card == SM86):
+    elif width > 320 or block_d >= 128 or (padded_c >= 256 and card == SM86):
         dq_m = min(block_m, 32)
-    dq = TileConfig(dq_m, block_n if narrow else min(block_n, 16), block_d, padded_c, padded_c, num_warps=8,
+    full_steps = card == SM90 and block_d <= 32 and width <= 80
+    dq = TileConfig(dq_m, block_n if full_steps else min(block_n, 16), block_d, padded_c, padded_c, num_warps=8,
                     num_stages=dq_stages)
     if narrow:
         dkdv_m, dkdv_stages = block_m, 1

@@ -203,6 +203,8 @@ def table() -> str:
             f"[{worst['configuration']}], {worst['problems'][-1]} | "
             f"{sum(r['shared_bytes'] > limit for r in ok)} | {max(r['spill_bytes'] for r in ok):,} | "
             f"{sum(r['spill_bytes'] > 0 for r in ok)} | {len(records) - len(ok)} |")
+    lines += [f"- sm_{capability} spills {r['spill_bytes']} B: {r['kernel']} [{r['configuration']}], "
+              f"{r['problems'][-1]}" for capability in TARGETS for r in compiled(capability) if r.get("spill_bytes")]
     return "\n".join(lines)
 
 

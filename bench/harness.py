@@ -82,6 +82,14 @@ def triton_unavailable_reason(device: str) -> str | None:
 
 # ---------------------------------------------------------------------------- GPU
 
+def tf32_matmuls() -> bool:
+    """Whether torch lets fp32 CUDA matmuls use TF32: ``fp32_precision`` where torch has it
+    (reading the legacy ``allow_tf32`` raises once that was set), else the legacy flag."""
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", None)
+    return precision == "tf32" if precision is not None else bool(matmul.allow_tf32)
+
+
 def free_cuda(collect: bool = True) -> None:
     if collect:
         gc.collect()

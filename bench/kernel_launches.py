@@ -40,8 +40,9 @@ from triton.runtime.jit import JITFunction
 
 import nlsa_triton as nt
 from nlsa_triton import _ops
+from nlsa_triton.kernels.tile_tables import as_card, family
 
-# The dtype variants a problem runs in: input dtype and torch.backends.cuda.matmul.allow_tf32.
+# The dtype variants a problem runs in: input dtype and whether fp32 matmuls may use TF32.
 VARIANTS = {
     "fp32": (torch.float32, False),
     "tf32": (torch.float32, True),
@@ -164,7 +165,8 @@ def _describe(value) -> str:
 
 @contextlib.contextmanager
 def recording(capability: int = 90) -> Iterator[list[Launch]]:
-    """Within the block, Triton launches are recorded into the yielded list, not run."""
+    """Within the block, Triton launches are recorded into the yielded list, not run, with
+    the tiles the launchers choose on sm_<capability>."""
     if not all(isinstance(kernel, JITFunction) for kernel in defined_kernels()):
         raise RuntimeError("the kernels are interpreted (TRITON_INTERPRET=1 was set when nlsa_triton was "
                            "imported); record launches in a process without it")
@@ -200,26 +202,56 @@ def recording(capability: int = 90) -> Iterator[list[Launch]]:
     driver.set_active(_TargetDriver(target))
     JITFunction.run, JITFunction._do_compile = run, record_instead_of_compiling
     try:
-        yield launches
+        with as_card(family(divmod(capability, 10))):
+            yield launches
     finally:
         JITFunction.run, JITFunction._do_compile = original_run, original_compile
         driver.set_active(previous_driver)
 
 
 @contextlib.contextmanager
-def _allow_tf32(enabled: bool):
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = enabled
+def _tf32(enabled: bool):
+    """fp32 matmuls in TF32 or not, through torch's fp32_precision where it has one (the
+    legacy allow_tf32 cannot be read once that was set)."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        before = matmul.fp32_precision
+        matmul.fp32_precision = "tf32" if enabled else "ieee"
+    else:
+        before = matmul.allow_tf32
+        matmul.allow_tf32 = enabled
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
+        if hasattr(matmul, "fp32_precision"):
+            matmul.fp32_precision = before
+        else:
+            matmul.allow_tf32 = before
 
 
 def setting_problems(setting: str, variants=tuple(VARIANTS)) -> list[Problem]:
     shape = SETTINGS[setting]
     return [Problem(setting, 1, 150 * 150, shape["d"], shape["c"], 4, 144, variant, default=True)
             for variant in variants]
+
+
+# The widths users have (issue 16): d up to 128, c up to 512, every power of two on the way,
+# at chunk 144 (the largest row tiles).
+WIDTHS_D = (16, 32, 64, 128)
+WIDTHS_C = (16, 32, 64, 128, 256, 512)
+# 468 = 3 chunks of 144 + 36: the benchmark's L = 150 * 150 modulo 144, so the lengths, ring
+# rows and strides divisible by 16 are the benchmark's, and the JIT specialises the kernels
+# as for it, at 1/48 of the recording time.
+WIDTH_LENGTH = 468
+
+
+def width_problems(variants=("fp32", "tf32", "fp16")) -> list[Problem]:
+    """One problem per (d, c) of WIDTHS_D x WIDTHS_C in each variant (chunk 144, R 4), and
+    bf16 at the widest (d, c): it launches fp16's tiles, with the same operand sizes."""
+    return [Problem(f"d={d} c={c}", 1, WIDTH_LENGTH, d, c, 4, 144, variant, default=False)
+            for variant in variants for d in WIDTHS_D for c in WIDTHS_C] + [
+        Problem(f"d={max(WIDTHS_D)} c={max(WIDTHS_C)}", 1, WIDTH_LENGTH, max(WIDTHS_D), max(WIDTHS_C), 4, 144,
+                "bf16", default=False)]
 
 
 def problem_inputs(problem: Problem, seed: int = 0):
@@ -241,7 +273,7 @@ def run_problem(problem: Problem, seed: int = 0) -> None:
     half-precision inputs keep the fp32 output for the backward (``_ops._setup_context``)."""
     x, y, perm, rotations, grad_out = problem_inputs(problem, seed)
     _, tf32 = VARIANTS[problem.variant]
-    with _allow_tf32(tf32):
+    with _tf32(tf32):
         _ops.lsh_hash(x, rotations)
         _ops.lsh_sort(x, rotations)
         out, lse, out_fp32 = _ops.chunked_attention_fwd_op(x, y, perm, problem.chunk_size, "none", True)

@@ -119,7 +119,7 @@ def main(argv=None) -> int:
                       batch=args.batch, quick=args.quick, threads=args.threads, seed=args.seed,
                       **dataclasses.asdict(args.timing)),
         meta=columns,
-        tf32=dict(cudnn=torch.backends.cudnn.allow_tf32, matmul=torch.backends.cuda.matmul.allow_tf32),
+        tf32=dict(cudnn=torch.backends.cudnn.allow_tf32, matmul=harness.tf32_matmuls()),
         flops={f"{h}x{w}": model.flops(h, w, args.batch) for h, w in args.sizes},
         paper_table3=PAPER_TABLE3,
     )

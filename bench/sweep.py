@@ -113,7 +113,7 @@ def run_sweep(args, out_dir: Path, say, columns: dict) -> Counter:
     t = args.timing
     if args.device == "cuda":
         say(f"# GPU: do_bench(warmup={t.gpu_warmup_ms} ms, rep={t.gpu_rep_ms} ms), memory = peak allocated "
-            f"- allocated before; TF32 matmuls {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}")
+            f"- allocated before; TF32 matmuls {'on' if harness.tf32_matmuls() else 'off'}")
     else:
         say(f"# CPU: {args.threads} torch threads; time: median of {t.cpu_min_reps}-{t.cpu_max_reps} "
             f"perf_counter repeats after a warm-up call; memory: peak RSS growth of a fresh process")

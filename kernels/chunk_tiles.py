@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import triton
 import triton.language as tl
 
@@ -96,13 +95,6 @@ def row_tile(chunk: int) -> int:
 def step_rows(chunk: int) -> int:
     """Rows per loop step over a 3K-row candidate range (at least 16 for tl.dot)."""
     return max(16, min(64, triton.next_power_of_2(3 * chunk)))
-
-
-def dot_precision(dtype: torch.dtype) -> str:
-    """fp32 products follow torch.backends.cuda.matmul.allow_tf32, as torch matmuls do."""
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32"
-    return "ieee"
 
 
 @triton.jit

@@ -33,7 +33,8 @@ Per group of rounds (all R rounds in one group unless the image is huge: the for
 Every launch writes each element from one program only, and launches run in a fixed
 order: the gradients are deterministic, without atomics.
 
-Precision: products take the forward's ``dot_precision``; P, dS are cast to the input
+Precision: products take the forward's ``dot_precision`` (the dk/dv kernel full fp32 for
+wide rows, ``tile_tables.backward_precisions``); P, dS are cast to the input
 dtype for the tensor-core products and accumulate in fp32. delta is computed from
 ``out`` as given: for half inputs an fp32 ``out`` (the forward's normalised accumulator)
 makes delta exact, which matters when the softmax is peaked (large ||x||).
@@ -48,9 +49,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk_tiles import (KEY_NORM_EPS, LOG2E, RingLayout, TileConfig, dot_precision, load_key_step,
-                          padded_width, round_group, row_tile, step_rows, unmasked_steps)
+from .chunk_tiles import KEY_NORM_EPS, LOG2E, RingLayout, TileConfig, load_key_step, round_group, unmasked_steps
 from .stage_round import RingBuffers
+from .tile_tables import backward_precisions, backward_tiles, card_of
 
 
 @triton.jit
@@ -311,32 +312,6 @@ def _fold_ring_grads_kernel(
 FOLD_ROWS = 16
 
 
-def backward_tiles(chunk: int, d: int, c: int, dtype: torch.dtype) -> tuple[TileConfig, TileConfig]:
-    """Tiles of the dq and the dk/dv kernels for one problem: 64-row tiles; all of c in one
-    tile, since dS needs the whole of dO . y.
-
-    Half precision: 64-row steps on the tensor cores, 4 warps (one warpgroup) while the
-    rows are narrow, else 8. fp32 products run on the FMA units, which hold their operands
-    replicated in registers: the dk/dv kernel (four products per step) takes 16-row steps
-    and 8 warps (and no software pipelining where the tile is 64 rows, which spills under
-    triton 3.6) so that nothing spills, and wider problems take narrower tiles.
-    """
-    padded_c = padded_width(c)
-    block_d = padded_width(d)
-    block_m, block_n = row_tile(chunk), step_rows(chunk)
-    narrow = padded_c <= 64 and block_d <= 64
-    if dtype != torch.float32:
-        dq_warps = 4 if narrow else 8
-        dq = TileConfig(block_m, block_n, block_d, padded_c, padded_c, num_warps=dq_warps)
-        dkdv = TileConfig(block_m, block_n if narrow else min(block_n, 32), block_d, padded_c, padded_c,
-                          num_warps=4 if narrow else 8)
-        return dq, dkdv
-    dq = TileConfig(block_m, block_n if narrow else min(block_n, 16), block_d, padded_c, padded_c, num_warps=8)
-    dkdv = TileConfig(block_m if narrow else min(block_m, 32), 16, block_d, padded_c, padded_c, num_warps=8,
-                      num_stages=1 if narrow else 2)
-    return dq, dkdv
-
-
 def chunked_attention_bwd(x, y, perm, out, lse, grad_out, chunk: int, padding: int, n_chunks: int):
     """Gradients (dx, dy) of ``chunked_attention_fwd`` in x's and y's dtypes, contiguous.
 
@@ -352,7 +327,8 @@ def chunked_attention_bwd(x, y, perm, out, lse, grad_out, chunk: int, padding: i
     rounds = perm.shape[1]
     f32 = torch.float32
     layout = RingLayout(length, chunk, padding, n_chunks)
-    dq_tiles, dkdv_tiles = backward_tiles(chunk, d, c, x.dtype)
+    card = card_of(x.device)
+    dq_tiles, dkdv_tiles = backward_tiles(chunk, d, c, x.dtype, card)
     tiles = dq_tiles  # both kernels read the same ring widths
     grads_per_round = n * (layout.rows * (tiles.block_d + tiles.padded_c) + length * tiles.block_d) * 4
     per_round = RingBuffers.bytes_per_round(x, y, layout, tiles, gradients=True) + grads_per_round
@@ -366,9 +342,9 @@ def chunked_attention_bwd(x, y, perm, out, lse, grad_out, chunk: int, padding: i
     several = group < rounds
     dx_acc = dx if dx.dtype == f32 or not several else torch.empty((n, length, d), device=x.device, dtype=f32)
     dy_acc = dy if dy.dtype == f32 or not several else torch.empty((n, length, c), device=x.device, dtype=f32)
-    precision = dot_precision(x.dtype)
+    dq_precision, dkdv_precision = backward_precisions(x.dtype, card, d, c)
 
-    def constexprs(t: TileConfig) -> dict:
+    def constexprs(t: TileConfig, precision: str) -> dict:
         return dict(BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_D=t.block_d, PADDED_C=t.padded_c,
                     DOT_PRECISION=precision, **t.options())
 
@@ -378,12 +354,12 @@ def chunked_attention_bwd(x, y, perm, out, lse, grad_out, chunk: int, padding: i
         _chunked_attention_bwd_dq_kernel[(triton.cdiv(length, dq_tiles.block_m), n * rounds_here)](
             XS=ring.xs, YS=ring.ys, INV_NORM=ring.inv_norm, DOS=ring.dos, LSE_S=ring.lse, DELTA_S=ring.delta,
             DQ=dq_sorted, length=length, ring_rows=layout.rows, CHUNK=chunk,
-            **constexprs(dq_tiles),
+            **constexprs(dq_tiles, dq_precision),
         )
         _chunked_attention_bwd_dkdv_kernel[(triton.cdiv(layout.rows, dkdv_tiles.block_m), n * rounds_here)](
             XS=ring.xs, YS=ring.ys, INV_NORM=ring.inv_norm, DOS=ring.dos, LSE_S=ring.lse, DELTA_S=ring.delta,
             DK_RING=dk_ring, DY_RING=dy_ring, length=length, ring_rows=layout.rows, n_chunks=n_chunks, CHUNK=chunk,
-            **constexprs(dkdv_tiles),
+            **constexprs(dkdv_tiles, dkdv_precision),
         )
         _fold_ring_grads_kernel[(triton.cdiv(length, FOLD_ROWS), n)](
             X=x, INVERSE=ring.inverse, DQ=dq_sorted, DK_RING=dk_ring, DY_RING=dy_ring,

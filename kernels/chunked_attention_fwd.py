@@ -34,9 +34,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk_tiles import (LOG2E, RingLayout, TileConfig, dot_precision, load_key_step, padded_channels,
-                          padded_width, round_group, row_tile, step_rows, unmasked_steps)
+from .chunk_tiles import LOG2E, RingLayout, load_key_step, round_group, unmasked_steps
 from .stage_round import RingBuffers
+from .tile_tables import card_of, dot_precision, forward_tiles
 
 
 @triton.jit
@@ -208,28 +208,6 @@ MERGE_ROWS = 16
 MERGE_C = 64
 
 
-def forward_tiles(chunk: int, d: int, c: int, dtype: torch.dtype) -> TileConfig:
-    """Tiles of the forward for one problem.
-
-    64 query rows per tile. Half precision: all of c up to 256 in one channel tile (no
-    scores recomputed), 64-row steps on the tensor cores (32 for a 256-channel tile),
-    one warpgroup while the accumulator is narrow, else two. fp32 products run on the FMA units, which hold their
-    operands replicated in registers: channel tiles of at most 128, 8 warps, and 32-row
-    steps for the widest accumulator, so that nothing spills.
-    """
-    block_n = step_rows(chunk)
-    if dtype == torch.float32:
-        block_c = min(128, max(16, triton.next_power_of_2(c)))
-        num_warps = 8
-        block_n = min(block_n, 32) if block_c >= 128 else block_n
-    else:
-        block_c = min(256, max(16, triton.next_power_of_2(c)))
-        num_warps = 4 if block_c <= 64 else 8
-        block_n = min(block_n, 32) if block_c > 128 else block_n
-    return TileConfig(block_m=row_tile(chunk), block_n=block_n, block_d=padded_width(d), block_c=block_c,
-                      padded_c=padded_channels(c, block_c), num_warps=num_warps)
-
-
 def chunked_attention_fwd(x, y, perm, chunk: int, padding: int, n_chunks: int, keep_fp32_out: bool = False):
     """Launch the forward over every round. Returns (out (N, L, c) in x.dtype, contiguous, lse
     (N, L) fp32, out_fp32).
@@ -253,7 +231,8 @@ def chunked_attention_fwd(x, y, perm, chunk: int, padding: int, n_chunks: int, k
     rounds = perm.shape[1]
     f32 = torch.float32
     layout = RingLayout(length, chunk, padding, n_chunks)
-    tiles = forward_tiles(chunk, d, c, x.dtype)
+    card = card_of(x.device)
+    tiles = forward_tiles(chunk, d, c, x.dtype, card)
     per_round = RingBuffers.bytes_per_round(x, y, layout, tiles, gradients=False) + n * length * (c + 1) * 4
     group = round_group(rounds, per_round, n * length * c * 4)
     ring = RingBuffers(x, y, layout, tiles, gradients=False, rounds=group)
@@ -268,7 +247,7 @@ def chunked_attention_fwd(x, y, perm, chunk: int, padding: int, n_chunks: int, k
     else:
         acc = torch.empty((n, length, c), device=y.device, dtype=f32)
     row_sum = torch.empty((n, length), device=x.device, dtype=f32) if several else lse
-    precision = dot_precision(x.dtype)
+    precision = dot_precision(x.dtype, card)
     for first in range(0, rounds, group):
         rounds_here = min(group, rounds - first)
         ring.stage(x, y, perm, first, rounds_here)

@@ -231,10 +231,11 @@ def _add_ring_rows(total, RING, ring_base, rows, valid, cols, WIDTH: tl.constexp
 
 @triton.jit
 def _sum_over_copies(RING, ring_base, position, has_copy, copy, valid, cols, length, padding, CHUNK,
-                     WIDTH: tl.constexpr, BLOCK_ROWS: tl.constexpr):
-    """Sum of a ring-ordered buffer over every ring row that holds the pixel of each sorted
-    position: the position and its padding copy, each with its wrap-around copies."""
-    total = tl.zeros((BLOCK_ROWS, WIDTH), dtype=tl.float32)
+                     WIDTH: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
+    """Sum, over the columns ``cols`` (BLOCK_COLS of a row of WIDTH), of a ring-ordered buffer
+    over every ring row that holds the pixel of each sorted position: the position and its
+    padding copy, each with its wrap-around copies."""
+    total = tl.zeros((BLOCK_ROWS, BLOCK_COLS), dtype=tl.float32)
     own, before, after = _ring_rows_of(position, length, padding, CHUNK)
     total = _add_ring_rows(total, RING, ring_base, own, valid, cols, WIDTH)
     total = _add_ring_rows(total, RING, ring_base, before, valid, cols, WIDTH)
@@ -257,6 +258,7 @@ def _fold_ring_grads_kernel(
     BLOCK_ROWS: tl.constexpr,
     BLOCK_D: tl.constexpr,
     PADDED_C: tl.constexpr,
+    FOLD_C: tl.constexpr,
 ):
     """The gradients of BLOCK_ROWS pixels over the group's rounds, in round order: dq at the
     pixel's sorted position, dk and dy summed over the ring rows holding it, the
@@ -266,21 +268,16 @@ def _fold_ring_grads_kernel(
     n = tl.program_id(1).to(tl.int64)
     valid = pixel < length
     offs_d = tl.arange(0, BLOCK_D)
-    offs_c = tl.arange(0, PADDED_C)
     dq = tl.zeros((BLOCK_ROWS, BLOCK_D), dtype=tl.float32)
     dk = tl.zeros((BLOCK_ROWS, BLOCK_D), dtype=tl.float32)
-    dy = tl.zeros((BLOCK_ROWS, PADDED_C), dtype=tl.float32)
     for g in range(rounds):
         b = g * images + n
         position = tl.load(INVERSE + b * length + pixel, mask=valid, other=0)
         # Sorted position p < L also sits at padded position p + P when that is >= L.
         copy = position + padding
         has_copy = valid & (copy >= length)
-        ring_base = b * ring_rows
-        dk += _sum_over_copies(DK_RING, ring_base, position, has_copy, copy, valid, offs_d, length, padding, CHUNK,
-                               BLOCK_D, BLOCK_ROWS)
-        dy += _sum_over_copies(DY_RING, ring_base, position, has_copy, copy, valid, offs_c, length, padding, CHUNK,
-                               PADDED_C, BLOCK_ROWS)
+        dk += _sum_over_copies(DK_RING, b * ring_rows, position, has_copy, copy, valid, offs_d, length, padding,
+                               CHUNK, BLOCK_D, BLOCK_ROWS, BLOCK_D)
         dq += tl.load(DQ + (b * length + position)[:, None] * BLOCK_D + offs_d[None, :], mask=valid[:, None],
                       other=0.0)
 
@@ -295,21 +292,38 @@ def _fold_ring_grads_kernel(
     radial = tl.where(norm >= KEY_NORM_EPS, tl.sum(k_hat * dk, axis=1), 0.0)
     dx = dq + (dk - k_hat * radial[:, None]) * inv_norm[:, None]
 
-    c_mask = valid[:, None] & (offs_c < c)[None, :]
     dx_offsets = (n * length + pixel)[:, None] * d + offs_d[None, :]
-    dy_offsets = (n * length + pixel)[:, None] * c + offs_c[None, :]
     if not FIRST_GROUP:
         dx += tl.load(DX_ACC + dx_offsets, mask=d_mask, other=0.0)
-        dy += tl.load(DY_ACC + dy_offsets, mask=c_mask, other=0.0)
     if LAST_GROUP:
         tl.store(DX + dx_offsets, dx.to(DX.dtype.element_ty), mask=d_mask)
-        tl.store(DY + dy_offsets, dy.to(DY.dtype.element_ty), mask=c_mask)
     else:
         tl.store(DX_ACC + dx_offsets, dx, mask=d_mask)
-        tl.store(DY_ACC + dy_offsets, dy, mask=c_mask)
+
+    # dy in FOLD_C-column blocks: six ring rows per round are summed, and the whole of a
+    # wide row at once would not fit in registers.
+    for c0 in tl.static_range(0, PADDED_C, FOLD_C):
+        offs_c = c0 + tl.arange(0, FOLD_C)
+        dy = tl.zeros((BLOCK_ROWS, FOLD_C), dtype=tl.float32)
+        for g in range(rounds):
+            b = g * images + n
+            position = tl.load(INVERSE + b * length + pixel, mask=valid, other=0)
+            copy = position + padding
+            has_copy = valid & (copy >= length)
+            dy += _sum_over_copies(DY_RING, b * ring_rows, position, has_copy, copy, valid, offs_c, length, padding,
+                                   CHUNK, PADDED_C, BLOCK_ROWS, FOLD_C)
+        c_mask = valid[:, None] & (offs_c < c)[None, :]
+        dy_offsets = (n * length + pixel)[:, None] * c + offs_c[None, :]
+        if not FIRST_GROUP:
+            dy += tl.load(DY_ACC + dy_offsets, mask=c_mask, other=0.0)
+        if LAST_GROUP:
+            tl.store(DY + dy_offsets, dy.to(DY.dtype.element_ty), mask=c_mask)
+        else:
+            tl.store(DY_ACC + dy_offsets, dy, mask=c_mask)
 
 
 FOLD_ROWS = 16
+FOLD_C = 128
 
 
 def chunked_attention_bwd(x, y, perm, out, lse, grad_out, chunk: int, padding: int, n_chunks: int):
@@ -367,6 +381,7 @@ def chunked_attention_bwd(x, y, perm, out, lse, grad_out, chunk: int, padding: i
             stride_xn=x.stride(0), stride_xl=x.stride(1), stride_xd=x.stride(2),
             rounds=rounds_here, images=n, length=length, padding=padding, ring_rows=layout.rows,
             d=d, c=c, CHUNK=chunk, FIRST_GROUP=first == 0, LAST_GROUP=first + rounds_here == rounds,
-            BLOCK_ROWS=FOLD_ROWS, BLOCK_D=tiles.block_d, PADDED_C=tiles.padded_c, num_warps=4,
+            BLOCK_ROWS=FOLD_ROWS, BLOCK_D=tiles.block_d, PADDED_C=tiles.padded_c,
+            FOLD_C=min(FOLD_C, tiles.padded_c), num_warps=4,
         )
     return dx, dy

@@ -140,8 +140,9 @@ def _chunked_attention_fwd_kernel(
                                             key_start + t * BLOCK_N, key_end, offs_n, offs_d, offs_c, CHUNK,
                                             BLOCK_D, PADDED_C, True, False, first_chunk, last_chunk, DOT_PRECISION)
         # This round's sums, by pixel.
-        n = b % images
-        round_index = first_round + b // images
+        # 32-bit division: a 64-bit one is a subroutine call with a stack frame.
+        n = (tl.program_id(1) % images).to(tl.int64)
+        round_index = first_round + tl.program_id(1) // images
         q_pixel = tl.load(PERM + n * stride_pn + round_index * stride_pr + offs_m, mask=q_valid,
                           other=0).to(tl.int64)
         tl.store(PARTIAL + (b * length + q_pixel)[:, None] * c + offs_c[None, :], acc,
@@ -269,6 +270,6 @@ def chunked_attention_fwd(x, y, perm, chunk: int, padding: int, n_chunks: int, k
             stride_on=out.stride(0), stride_ol=out.stride(1), stride_oc=out.stride(2),
             rounds=rounds_here, images=n, length=length, c=c,
             FIRST_GROUP=first == 0, LAST_GROUP=first + rounds_here == rounds, STORE_FP32_OUT=keep,
-            BLOCK_ROWS=MERGE_ROWS, PADDED_C=triton.cdiv(c, merge_c) * merge_c, MERGE_C=merge_c, num_warps=4,
+            BLOCK_ROWS=MERGE_ROWS, PADDED_C=triton.cdiv(c, merge_c) * merge_c, MERGE_C=merge_c, num_warps=2,
         )
     return out, lse, (acc if keep_fp32_out else None)

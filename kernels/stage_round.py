@@ -66,8 +66,8 @@ def _stage_round_kernel(
 ):
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     b = tl.program_id(1).to(tl.int64)  # g * N + n
-    n = b % images
-    round_index = first_round + b // images
+    n = (tl.program_id(1) % images).to(tl.int64)  # 32-bit division: no subroutine call
+    round_index = first_round + tl.program_id(1) // images
     row_ok = rows < ring_rows
     padded_length = length + padding
     # Ring row e holds padded position (e - K) mod (L + P); e - K >= -K >= -(L + P).

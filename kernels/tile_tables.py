@@ -108,19 +108,20 @@ def forward_tiles(chunk: int, d: int, c: int, dtype: torch.dtype, card: int) -> 
     d 16 / c 64), and for d over 64 32-row tiles and 16-row steps, so that nothing spills.
     """
     block_m, block_n, block_d = row_tile(chunk), step_rows(chunk), padded_width(d)
+    num_stages = 2
     if dtype == torch.float32:
         block_c = min(128, max(16, triton.next_power_of_2(c)))
         num_warps = 8
         if card != SM90 or block_d > 32 or block_d + block_c > 80:
             block_n = min(block_n, 32)
         if block_d > 64:
-            block_m, block_n = min(block_m, 32), min(block_n, 16)
+            block_m, block_n, block_c = min(block_m, 32), min(block_n, 16), min(block_c, 64)
     else:
         block_c = min(256, max(16, triton.next_power_of_2(c)))
         num_warps = 4 if block_c <= 64 else 8
         block_n = min(block_n, 32) if block_c > 128 else block_n
     return TileConfig(block_m=block_m, block_n=block_n, block_d=block_d, block_c=block_c,
-                      padded_c=padded_channels(c, block_c), num_warps=num_warps)
+                      padded_c=padded_channels(c, block_c), num_warps=num_warps, num_stages=num_stages)
 
 
 def backward_tiles(chunk: int, d: int, c: int, dtype: torch.dtype, card: int) -> tuple[TileConfig, TileConfig]:
@@ -171,6 +172,7 @@ def backward_tiles(chunk: int, d: int, c: int, dtype: torch.dtype, card: int) ->
         dq_m, dq_stages = min(block_m, 16), 1
     elif width > 320 or block_d >= 128 or (padded_c >= 256 and card == SM86):
         dq_m = min(block_m, 32)
+        dq_stages = 1 if block_d >= 128 else dq_stages
     full_steps = card == SM90 and block_d <= 32 and width <= 80
     dq = TileConfig(dq_m, block_n if full_steps else min(block_n, 16), block_d, padded_c, padded_c, num_warps=8,
                     num_stages=dq_stages)

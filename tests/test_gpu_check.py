@@ -155,7 +155,7 @@ gen = torch.Generator().manual_seed(0)
 x = torch.randn(case.n, case.length, case.d, generator=gen)
 rotations = nt.random_rotations(case.d, case.rounds, nt.num_buckets(case.length, case.chunk), generator=gen)
 try:
-    _ops.lsh_hash(x, rotations)  # the JIT compiles (here: finds) the kernel, then cannot launch it
+    _ops.lsh_sort(x, rotations)  # the JIT compiles (here: finds) the hash kernel, then cannot launch it
 except AttributeError:
     pass
 print("REPORT", counter.report())

@@ -105,7 +105,8 @@ def forward_tiles(chunk: int, d: int, c: int, dtype: torch.dtype, card: int) -> 
     warpgroup while the accumulator is narrow, else two. fp32 products run on the FMA
     units, which hold their operands replicated in registers: channel tiles of at most
     128, 8 warps, 32-row steps (64 only on sm_90 for d <= 32 and d + c <= 80, Table 2's
-    d 16 / c 64), and for d over 64 32-row tiles and 16-row steps, so that nothing spills.
+    d 16 / c 64), and for d over 64 32-row tiles, 16-row steps and 64-channel tiles, so that
+    nothing spills.
     """
     block_m, block_n, block_d = row_tile(chunk), step_rows(chunk), padded_width(d)
     num_stages = 2
@@ -143,8 +144,8 @@ def backward_tiles(chunk: int, d: int, c: int, dtype: torch.dtype, card: int) ->
     replicated in registers. dq: 64-row tiles, 16-row steps (64 only on sm_90 for
     d <= 32 and w <= 80, Table 2's d 16 / c 64), 32-row tiles past w = 320 or for d over
     64 (sm_86: already for 256 channels, and 16-row tiles without software pipelining
-    for 512). dk/dv (four products per step): 16-row steps, 64-row tiles
-    without pipelining for narrow rows (pipelined, they spill under triton 3.6), 32-row
+    for 512; without pipelining at d 128 on every card). dk/dv (four products per step):
+    16-row steps, 64-row tiles without pipelining for narrow rows (pipelined, they spill under triton 3.6), 32-row
     tiles up to w = 320, then 16 (sm_86: without pipelining).
     """
     padded_c = padded_width(c)

@@ -20,7 +20,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
 
 import harness  # noqa: E402
 from providers import HASHED, MODES, PROVIDERS, TIME_EXPONENT, build, unavailable_reason  # noqa: E402

@@ -79,7 +79,7 @@ def main() -> int:
             rows.append((arch, seed, psnr, ssim, trained, evaluated))
             print(f"{arch} seed {seed}: PSNR-Y {psnr:.3f} dB, SSIM-Y {ssim:.4f}, train {trained:.0f} s", flush=True)
     seeds = args.seeds.split(",")
-    lines = [f"| variant | " + " | ".join(f"seed {s} PSNR-Y / SSIM-Y" for s in seeds)
+    lines = ["| variant | " + " | ".join(f"seed {s} PSNR-Y / SSIM-Y" for s in seeds)
              + " | mean PSNR-Y | train s (per seed) | eval s | paper Set5 x2 |",
              "|---|" + "---:|" * (len(seeds) + 4)]
     for arch in args.archs.split(","):

@@ -248,6 +248,27 @@ def _sum_over_copies(RING, ring_base, position, has_copy, copy, valid, cols, len
 
 
 @triton.jit
+def _sorted_positions(INVERSE, b, pixel, valid, length, padding):
+    """Each pixel's sorted position in round-and-image b, and its padding copy: sorted position
+    p < L also sits at padded position p + P when that is >= L."""
+    position = tl.load(INVERSE + b * length + pixel, mask=valid, other=0)
+    copy = position + padding
+    return position, copy, valid & (copy >= length)
+
+
+@triton.jit
+def _add_to_group_sums(total, ACC, OUT, offsets, mask, FIRST_GROUP: tl.constexpr, LAST_GROUP: tl.constexpr):
+    """Add the earlier groups' running sums; store the running sums, or on the last group the
+    gradient in OUT's dtype."""
+    if not FIRST_GROUP:
+        total += tl.load(ACC + offsets, mask=mask, other=0.0)
+    if LAST_GROUP:
+        tl.store(OUT + offsets, total.to(OUT.dtype.element_ty), mask=mask)
+    else:
+        tl.store(ACC + offsets, total, mask=mask)
+
+
+@triton.jit
 def _fold_ring_grads_kernel(
     X, INVERSE, DQ, DK_RING, DY_RING, DX_ACC, DY_ACC, DX, DY,
     stride_xn, stride_xl, stride_xd,
@@ -272,10 +293,7 @@ def _fold_ring_grads_kernel(
     dk = tl.zeros((BLOCK_ROWS, BLOCK_D), dtype=tl.float32)
     for g in range(rounds):
         b = g * images + n
-        position = tl.load(INVERSE + b * length + pixel, mask=valid, other=0)
-        # Sorted position p < L also sits at padded position p + P when that is >= L.
-        copy = position + padding
-        has_copy = valid & (copy >= length)
+        position, copy, has_copy = _sorted_positions(INVERSE, b, pixel, valid, length, padding)
         dk += _sum_over_copies(DK_RING, b * ring_rows, position, has_copy, copy, valid, offs_d, length, padding,
                                CHUNK, BLOCK_D, BLOCK_ROWS, BLOCK_D)
         dq += tl.load(DQ + (b * length + position)[:, None] * BLOCK_D + offs_d[None, :], mask=valid[:, None],
@@ -292,13 +310,8 @@ def _fold_ring_grads_kernel(
     radial = tl.where(norm >= KEY_NORM_EPS, tl.sum(k_hat * dk, axis=1), 0.0)
     dx = dq + (dk - k_hat * radial[:, None]) * inv_norm[:, None]
 
-    dx_offsets = (n * length + pixel)[:, None] * d + offs_d[None, :]
-    if not FIRST_GROUP:
-        dx += tl.load(DX_ACC + dx_offsets, mask=d_mask, other=0.0)
-    if LAST_GROUP:
-        tl.store(DX + dx_offsets, dx.to(DX.dtype.element_ty), mask=d_mask)
-    else:
-        tl.store(DX_ACC + dx_offsets, dx, mask=d_mask)
+    _add_to_group_sums(dx, DX_ACC, DX, (n * length + pixel)[:, None] * d + offs_d[None, :], d_mask,
+                       FIRST_GROUP, LAST_GROUP)
 
     # dy in FOLD_C-column blocks: six ring rows per round are summed, and the whole of a
     # wide row at once would not fit in registers.
@@ -307,19 +320,11 @@ def _fold_ring_grads_kernel(
         dy = tl.zeros((BLOCK_ROWS, FOLD_C), dtype=tl.float32)
         for g in range(rounds):
             b = g * images + n
-            position = tl.load(INVERSE + b * length + pixel, mask=valid, other=0)
-            copy = position + padding
-            has_copy = valid & (copy >= length)
+            position, copy, has_copy = _sorted_positions(INVERSE, b, pixel, valid, length, padding)
             dy += _sum_over_copies(DY_RING, b * ring_rows, position, has_copy, copy, valid, offs_c, length, padding,
                                    CHUNK, PADDED_C, BLOCK_ROWS, FOLD_C)
-        c_mask = valid[:, None] & (offs_c < c)[None, :]
-        dy_offsets = (n * length + pixel)[:, None] * c + offs_c[None, :]
-        if not FIRST_GROUP:
-            dy += tl.load(DY_ACC + dy_offsets, mask=c_mask, other=0.0)
-        if LAST_GROUP:
-            tl.store(DY + dy_offsets, dy.to(DY.dtype.element_ty), mask=c_mask)
-        else:
-            tl.store(DY_ACC + dy_offsets, dy, mask=c_mask)
+        _add_to_group_sums(dy, DY_ACC, DY, (n * length + pixel)[:, None] * c + offs_c[None, :],
+                           valid[:, None] & (offs_c < c)[None, :], FIRST_GROUP, LAST_GROUP)
 
 
 FOLD_ROWS = 16

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import torch

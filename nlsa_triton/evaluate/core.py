@@ -12,7 +12,6 @@ size (top-left), so HR sizes need not be multiples of the scale.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 from .._oom import is_out_of_memory
 from ..metrics import psnr_y, quantize, ssim_y
 from ..upscale.images import IMAGE_FORMATS
-from ..upscale.tiling import MIN_AUTO_TILE, upscale_tensor
+from ..upscale.tiling import MIN_AUTO_TILE, smaller_tile, upscale_tensor
 
 __all__ = ["BenchmarkImage", "find_benchmark_set", "super_resolve", "ImageResult", "measure"]
 
@@ -92,10 +91,8 @@ def _run(model, lr: torch.Tensor, tile: int | None, seed: int | None, log) -> tu
         except Exception as e:
             if not is_out_of_memory(e):
                 raise
-            if lr.is_cuda:
-                torch.cuda.empty_cache()
             current = tile or max(lr.shape[-2:])
-            tile = 1 << max(0, math.ceil(math.log2(current)) - 1)
+            tile = smaller_tile(lr, tile)
             if tile < MIN_AUTO_TILE:
                 raise EvaluationError(f"out of memory on {lr.device} even in tiles of {current} pixels") from e
             log(f"out of memory on {lr.device}; retrying in tiles of {tile} x {tile} LR pixels (pad 10)")

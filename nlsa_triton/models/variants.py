@@ -22,7 +22,6 @@ from torch import nn
 from .. import _validation as v
 from .._backend import check_backend
 from ..baselines import CrissCrossAttention, NonLocalAttention
-from ..modules import NonLocalSparseAttention
 from .edsr import MeanShift, ResBlock, Upsampler, check_scale, conv
 from .nlsn import NLSA_EVERY, NLSA_REDUCTION, NLSN
 

@@ -72,6 +72,15 @@ def upscale_tensor(
         steps.close()
 
 
+def smaller_tile(lr: torch.Tensor, tile: int | None) -> int:
+    """After an out-of-memory error with ``tile`` (None: the whole image): the power of two
+    below it, the next tile size to try; frees the CUDA cache for that try."""
+    if lr.is_cuda:
+        torch.cuda.empty_cache()
+    current = tile or max(lr.shape[-2:])
+    return 1 << max(0, math.ceil(math.log2(current)) - 1)
+
+
 def upscale_with_fallback(
     model,
     lr: torch.Tensor,
@@ -98,10 +107,7 @@ def upscale_with_fallback(
         except Exception as e:
             if not is_out_of_memory(e):
                 raise
-            if lr.is_cuda:
-                torch.cuda.empty_cache()
-            current = tile or max(lr.shape[-2:])
-            next_tile = 1 << max(0, math.ceil(math.log2(current)) - 1)  # the power of two below
+            next_tile = smaller_tile(lr, tile)
             if next_tile < MIN_AUTO_TILE:
                 tried = f"in tiles of {tile} x {tile} pixels" if tile else "on the whole image"
                 hint = "; try --device cpu" if lr.is_cuda else ""
